@@ -1,0 +1,3 @@
+"""Model audit and evaluation suite."""
+
+__version__ = "0.1.0"

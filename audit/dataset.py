@@ -1,0 +1,85 @@
+"""In-memory dataset and loaded-model records shared by loaders, context and checks."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+import torch
+
+Kind = Literal["image", "tabular", "text"]
+
+
+@dataclass
+class Dataset:
+    """x: images (N, C, H, W) float32, tabular (N, F) float32, text (N, L) int64 token ids.
+    y: (N,) int64 class indices into `classes`."""
+
+    name: str
+    x: np.ndarray
+    y: np.ndarray
+    kind: Kind
+    classes: list[str]
+    sensitive: dict[str, np.ndarray] = field(default_factory=dict)
+    # tabular: a name per column of x; `feature_groups` maps an original column to the
+    # x columns that encode it (one-hot groups); `continuous` masks columns that may be
+    # perturbed (attacks, feature noise).
+    feature_names: list[str] | None = None
+    feature_groups: dict[str, list[int]] | None = None
+    continuous: np.ndarray | None = None
+    source: str = ""
+    meta: dict[str, Any] = field(default_factory=dict)
+    _sha256: str | None = field(default=None, repr=False)
+
+    def __len__(self) -> int:
+        return int(self.y.shape[0])
+
+    @property
+    def n_classes(self) -> int:
+        return len(self.classes)
+
+    @property
+    def sha256(self) -> str:
+        if self._sha256 is None:
+            h = hashlib.sha256()
+            h.update(np.ascontiguousarray(self.x).tobytes())
+            h.update(np.ascontiguousarray(self.y).tobytes())
+            for key in sorted(self.sensitive):
+                h.update(key.encode())
+                h.update(np.asarray(self.sensitive[key]).astype(str).tobytes())
+            self._sha256 = h.hexdigest()
+        return self._sha256
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "name": self.name, "kind": self.kind, "n": len(self), "shape": list(self.x.shape[1:]),
+            "classes": self.classes, "class_counts": np.bincount(self.y, minlength=self.n_classes).tolist(),
+            "sensitive": sorted(self.sensitive), "source": self.source, "sha256": self.sha256,
+        }
+
+
+@dataclass
+class LoadedModel:
+    module: torch.nn.Module
+    sha256: str
+    source: str
+    architecture: str
+    input_range: tuple[float, float] | None = None
+    classes: list[str] | None = None
+    training: dict[str, Any] | None = None  # training record when the audit trained it
+    # Rebuilds the same architecture with fresh weights (randomization tests, retraining).
+    factory: Any = None
+
+    def card(self) -> dict[str, Any]:
+        params = sum(p.numel() for p in self.module.parameters())
+        trainable = sum(p.numel() for p in self.module.parameters() if p.requires_grad)
+        layers = []
+        for name, mod in self.module.named_modules():
+            if name and not list(mod.children()):
+                n = sum(p.numel() for p in mod.parameters(recurse=False))
+                layers.append({"name": name, "type": type(mod).__name__, "params": n})
+        return {"architecture": self.architecture, "source": self.source, "sha256": self.sha256,
+                "params": params, "trainable_params": trainable, "layers": layers,
+                "input_range": list(self.input_range) if self.input_range else None}

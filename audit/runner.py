@@ -1,0 +1,233 @@
+"""The runner: the only place thresholds are evaluated.
+
+An exception inside a check makes that check `error` (traceback kept) and the audit
+goes on; a missing requirement makes it `skipped` with the reason. Bad input found
+before any check runs (missing files, shape mismatch, NaNs) raises AuditInputError.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import platform
+import time
+import traceback as _tb
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from audit import __version__
+from audit.check import Check, Measurement, Metric
+from audit.context import Context
+from audit.errors import AuditInputError, SkipCheck
+from audit.registry import registry
+from audit.results import CheckResult, Results, ThresholdResult, area_of
+from audit.spec import AuditSpec, CheckEntry, Threshold, check_params
+
+_RANK = {"pass": 0, "warn": 1, "fail": 2}
+
+
+def judge(metric: Metric | None, threshold: Threshold) -> str:
+    """pass: the whole CI is on the right side; fail: the point estimate is on the wrong
+    side; warn: inconclusive. A metric without a CI is judged on its value alone."""
+    if metric is None or metric.value is None or not np.isfinite(metric.value):
+        return "fail"
+    value, limit = metric.value, threshold.limit
+    lo, hi = metric.ci if metric.ci is not None else (value, value)
+    if threshold.op == "min":
+        status = "pass" if lo >= limit else ("fail" if value < limit else "warn")
+    else:
+        status = "pass" if hi <= limit else ("fail" if value > limit else "warn")
+    if status == "fail" and threshold.level == "should":
+        return "warn"
+    return status
+
+
+def _fmt(x: float) -> str:
+    return f"{x:.4g}" if abs(x) >= 1000 or (x != 0 and abs(x) < 0.001) else f"{x:.3f}"
+
+
+def describe(metric_name: str, metric: Metric | None, t: Threshold, status: str) -> str:
+    if metric is None:
+        return f"{metric_name} missing"
+    ci = f" [{_fmt(metric.ci[0])}, {_fmt(metric.ci[1])}]" if metric.ci else ""
+    sym = ">=" if t.op == "min" else "<="
+    if status == "pass":
+        rel = sym
+    elif status == "warn" and ((t.op == "min" and metric.value >= t.limit) or (t.op == "max" and metric.value <= t.limit)):
+        rel = f"{sym}? (CI crosses)"
+    else:
+        rel = "<" if t.op == "min" else ">"
+    level = " (should)" if t.level == "should" else ""
+    return f"{metric_name} {_fmt(metric.value)}{ci} {rel} {_fmt(t.limit)}{level}"
+
+
+class Runner:
+    """Runs the checks of one spec over one shared Context."""
+
+    def __init__(self, spec: AuditSpec, *, device: str | None = None,
+                 progress: Callable[[str, int, int], None] | None = None) -> None:
+        self.spec = spec
+        self.started_at = _dt.datetime.now(_dt.timezone.utc)
+        self._t0 = time.perf_counter()
+        self.ctx = Context(spec, device=device, progress=progress)
+        self.results: dict[str, CheckResult] = {}
+
+    def prepare(self) -> None:
+        """Load the model and every dataset a check uses; fail fast on bad input."""
+        ctx = self.ctx
+        _ = ctx.model
+        roles = {e.data for e in self.spec.checks} or set(self.spec.data)
+        for role in sorted(roles):
+            ctx.preflight(role)
+        for entry in self.spec.checks:
+            cls = registry.get(entry.check)
+            pre = getattr(cls, "preflight", None)
+            if pre is not None:
+                try:
+                    pre(ctx, check_params(self.spec, entry))
+                except AuditInputError as exc:
+                    raise type(exc)(str(exc), where=f"{self.spec.source}: check '{entry.id}'") from None
+
+    def missing(self, cls: type[Check], params: Any) -> str | None:
+        ctx = self.ctx
+        for req in cls.requires:
+            if req == "data":
+                continue
+            if req == "train" and not ctx.has_dataset("train"):
+                return "the spec has no 'train' dataset"
+            if req == "domains" and not self.spec.domains:
+                return "the spec defines no data.domains"
+            if req in ("image", "tabular", "text") and ctx.dataset(params.data).kind != req:
+                return f"needs {req} data; dataset '{params.data}' is {ctx.dataset(params.data).kind}"
+            if req == "sensitive" and not ctx.dataset(params.data).sensitive:
+                return f"dataset '{params.data}' has no sensitive attributes"
+        return None
+
+    def run_check(self, entry: CheckEntry) -> CheckResult:
+        cls = registry.get(entry.check)
+        t0 = time.perf_counter()
+        measurement: Measurement | None = None
+        tb: str | None = None
+        reason = ""
+        status: str
+        try:
+            params = check_params(self.spec, entry)
+            skip = self.missing(cls, params)
+            if skip:
+                raise SkipCheck(skip)
+            measurement = cls().run(self.ctx, params)
+            status = "pass"
+        except SkipCheck as exc:
+            status, reason = "skipped", str(exc)
+        except AuditInputError as exc:
+            status, reason = "error", str(exc)
+        except Exception as exc:  # noqa: BLE001 - one broken check must not stop the audit
+            status, reason = "error", f"{type(exc).__name__}: {exc}"
+            tb = _tb.format_exc()
+
+        thresholds: list[ThresholdResult] = []
+        messages: list[str] = []
+        if measurement is not None:
+            for name, t in entry.thresholds.items():
+                metric = measurement.metrics.get(name)
+                st = judge(metric, t)
+                thresholds.append(ThresholdResult(name, t.op, t.limit, t.level, st,
+                                                  None if metric is None else metric.value,
+                                                  None if metric is None else metric.ci))
+                messages.append(describe(name, metric, t, st))
+            if thresholds:
+                status = max((t.status for t in thresholds), key=_RANK.__getitem__)
+            else:
+                head = next(iter(measurement.metrics.items()), None)
+                messages.append("no thresholds (informational)" + (
+                    f"; {head[0]} {_fmt(head[1].value)}" if head and head[1].value is not None else ""))
+            for flag in _flags(measurement):
+                # A sanity flag (e.g. gradient masking) caps the check at warn.
+                if status == "pass":
+                    status = "warn"
+                messages.append(f"flag: {flag}")
+        result = CheckResult(
+            id=entry.id, check=entry.check, version=cls.version, clause=entry.clause, status=status,
+            data=entry.data, area=getattr(cls, "area", None) or area_of(entry.check),
+            summary=cls.summary,
+            metrics={k: m.to_json() for k, m in (measurement.metrics.items() if measurement else [])},
+            metric_info={k: {"higher_is_better": hib, "description": cls.descriptions.get(k, "")}
+                         for k, hib in cls.metrics.items()},
+            thresholds=tuple(thresholds),
+            message="; ".join(messages) if measurement is not None else reason,
+            evidence=tuple(measurement.evidence) if measurement else (),
+            duration_s=time.perf_counter() - t0, traceback=tb,
+        )
+        self.results[entry.id] = result
+        return result
+
+    def finish(self) -> Results:
+        ctx = self.ctx
+        checks = tuple(self.results[e.id] for e in self.spec.checks if e.id in self.results)
+        model = ctx._model
+        import torch
+
+        provenance = {
+            "spec_sha256": self.spec.sha256, "spec_source": self.spec.source,
+            "model_sha256": model.sha256 if model else None,
+            "data_sha256": {name: ds.sha256 for name, ds in ctx.loaded_datasets.items()},
+            "seed": self.spec.seed, "device": str(ctx.device),
+            "versions": {"python": platform.python_version(), "torch": torch.__version__,
+                         "numpy": np.__version__, "audit": __version__, **_lib_versions()},
+            "platform": platform.platform(),
+            "started_at": self.started_at.isoformat(timespec="seconds"),
+            "duration_s": round(time.perf_counter() - self._t0, 3),
+            "compute": ctx.compute(),
+            "timings": {k: round(v, 4) for k, v in ctx.timings.items()}
+            | {f"check:{c.id}": round(c.duration_s, 4) for c in checks},
+            "spec": _jsonable(self.spec.raw),
+        }
+        return Results(
+            name=self.spec.name, standard=self.spec.standard, checks=checks, provenance=provenance,
+            datasets={name: ds.describe() for name, ds in ctx.loaded_datasets.items()},
+            model=model.card() if model else None,
+            training=model.training if model else None,
+        )
+
+
+def _flags(m: Measurement) -> list[str]:
+    out = []
+    for ev in m.evidence:
+        if ev.get("type") == "flags":
+            out.extend(f["flag"] for f in ev.get("flags", []))
+    return out
+
+
+def _lib_versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {}
+    for pkg in ("scikit-learn", "captum", "shap", "fairlearn", "weasyprint"):
+        try:
+            out[pkg] = version(pkg)
+        except PackageNotFoundError:
+            pass
+    return out
+
+
+def _jsonable(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, (str, int, float, bool)) or obj is None:
+        return obj
+    return str(obj)
+
+
+def run_audit(spec: AuditSpec, *, device: str | None = None,
+              progress: Callable[[str, int, int], None] | None = None,
+              on_check: Callable[[CheckResult], None] | None = None) -> Results:
+    runner = Runner(spec, device=device, progress=progress)
+    runner.prepare()
+    for entry in spec.checks:
+        result = runner.run_check(entry)
+        if on_check:
+            on_check(result)
+    return runner.finish()

@@ -1,0 +1,336 @@
+"""The audit spec: safe YAML (duplicate keys rejected), validated on load.
+
+Errors name the file, the YAML path (`checks[3].thresholds.ece`) and, for unknown
+names, the closest known one. No code ever runs from a spec: `factory` names a
+callable that is imported only when the model is loaded.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from audit.errors import SpecError, did_you_mean
+
+RESERVED_CHECK_KEYS = ("id", "check", "data", "clause", "thresholds", "confidence")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Threshold(_Strict):
+    min: float | None = None
+    max: float | None = None
+    level: Literal["must", "should"] = "must"
+
+    @model_validator(mode="after")
+    def _one_bound(self) -> Threshold:
+        if (self.min is None) == (self.max is None):
+            raise ValueError("give exactly one of 'min' or 'max'")
+        return self
+
+    @property
+    def op(self) -> str:
+        return "min" if self.min is not None else "max"
+
+    @property
+    def limit(self) -> float:
+        return float(self.min if self.min is not None else self.max)  # type: ignore[arg-type]
+
+
+class DataEntry(_Strict):
+    """One dataset: a built-in fixture, a file/folder, or a transform of another dataset."""
+
+    fixture: str | None = None
+    split: str | None = None
+    path: str | None = None
+    label: str | None = None
+    sensitive: list[str] = Field(default_factory=list)
+    features: list[str] | None = None
+    from_: str | None = Field(None, alias="from")
+    transform: str | None = None
+    severity: int = Field(3, ge=1, le=5)
+
+    @model_validator(mode="after")
+    def _one_source(self) -> DataEntry:
+        sources = [s for s in ("fixture", "path", "from") if getattr(self, "from_" if s == "from" else s)]
+        if len(sources) != 1:
+            raise ValueError("give exactly one of 'fixture', 'path' or 'from'")
+        if self.from_ and not self.transform:
+            raise ValueError("'from' needs a 'transform'")
+        return self
+
+    @field_validator("sensitive", mode="before")
+    @classmethod
+    def _listify(cls, v: Any) -> Any:
+        return [v] if isinstance(v, str) else v
+
+
+class EarlyStopping(_Strict):
+    patience: int = Field(3, ge=1)
+
+
+class TrainSpec(_Strict):
+    architecture: Literal["cnn", "resnet", "vit", "ft_transformer", "text_transformer"]
+    data: str = "train"
+    epochs: int = Field(10, ge=1)
+    batch_size: int = Field(128, ge=1)
+    lr: float = Field(1e-3, gt=0)
+    optimizer: Literal["adamw", "sgd"] = "adamw"
+    weight_decay: float = Field(1e-4, ge=0)
+    scheduler: Literal["cosine", "none"] = "cosine"
+    early_stopping: EarlyStopping | None = None
+    amp: Literal["auto", "off", "bf16", "fp16"] = "auto"
+    seed: int | None = None
+    val_fraction: float = Field(0.1, gt=0, lt=0.5)
+    options: dict[str, Any] = Field(default_factory=dict)  # architecture keyword arguments
+
+
+class ModelSpec(_Strict):
+    fixture: str | None = None
+    path: str | None = None
+    factory: str | None = None
+    factory_kwargs: dict[str, Any] = Field(default_factory=dict)
+    trust_pickle: bool = False
+    input_range: tuple[float, float] | None = None
+    classes: list[str] | None = None
+    train: TrainSpec | None = None
+    save: str | None = None
+    batch_size: int = Field(256, ge=1)
+
+    @model_validator(mode="after")
+    def _one_source(self) -> ModelSpec:
+        n = sum(x is not None for x in (self.fixture, self.path, self.train))
+        if n != 1:
+            raise ValueError("give exactly one of 'fixture', 'path' or 'train'")
+        if self.factory and ":" not in self.factory:
+            raise ValueError("'factory' must look like 'package.module:callable'")
+        return self
+
+
+class CheckEntry(_Strict):
+    id: str = Field(pattern=r"^[a-z0-9][a-z0-9_.\-]*$")
+    check: str
+    data: str = "test"
+    clause: str | None = None
+    thresholds: dict[str, Threshold] = Field(default_factory=dict)
+    confidence: float = Field(0.95, gt=0.5, lt=1.0)
+    params: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _collect_params(cls, raw: Any) -> Any:
+        if not isinstance(raw, dict):
+            return raw
+        own = {k: v for k, v in raw.items() if k in RESERVED_CHECK_KEYS}
+        own["params"] = {k: v for k, v in raw.items() if k not in RESERVED_CHECK_KEYS}
+        return own
+
+
+class AuditSpec(_Strict):
+    name: str
+    standard: str | None = None
+    seed: int = 0
+    device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?|mps)$")
+    model: ModelSpec
+    data: dict[str, DataEntry]
+    domains: dict[str, DataEntry] = Field(default_factory=dict)
+    checks: list[CheckEntry]
+    # Where the spec came from; relative paths resolve against `base_dir`.
+    source: str = "<memory>"
+    base_dir: Path = Path(".")
+    sha256: str = ""
+    raw: dict[str, Any] = Field(default_factory=dict)
+
+    def dataset_names(self) -> list[str]:
+        return list(self.data) + list(self.domains)
+
+    def resolve(self, path: str) -> Path:
+        p = Path(path).expanduser()
+        return p if p.is_absolute() else (self.base_dir / p)
+
+
+# ---------------------------------------------------------------------------------------
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """SafeLoader that rejects duplicate mapping keys (PyYAML silently keeps the last)."""
+
+
+def _construct_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode, deep: bool = False) -> dict:
+    seen: dict[Any, Any] = {}
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        if key in seen:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"duplicate key {key!r}", key_node.start_mark)
+        seen[key] = True
+    return yaml.SafeLoader.construct_mapping(loader, node, deep=deep)
+
+
+_UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+
+
+def yaml_path(loc: tuple[Any, ...]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += ("." if out else "") + str(part)
+    return out or "<top>"
+
+
+def load_spec(path: str | Path, *, check_registry: bool = True) -> AuditSpec:
+    path = Path(path)
+    if not path.exists():
+        raise SpecError(f"spec file not found: {path}")
+    raw_bytes = path.read_bytes()
+    try:
+        raw = yaml.load(raw_bytes.decode("utf-8"), Loader=_UniqueKeyLoader)  # noqa: S506 - SafeLoader subclass
+    except yaml.YAMLError as exc:
+        raise SpecError(f"invalid YAML: {exc}".replace("\n", " "), where=str(path)) from None
+    return parse_spec(raw, source=str(path), base_dir=path.resolve().parent,
+                      sha256=hashlib.sha256(raw_bytes).hexdigest(), check_registry=check_registry)
+
+
+def parse_spec(raw: Any, *, source: str = "<memory>", base_dir: Path = Path("."), sha256: str = "",
+               check_registry: bool = True) -> AuditSpec:
+    if not isinstance(raw, dict):
+        raise SpecError("the spec must be a YAML mapping", where=source)
+    body = dict(raw)
+    data = body.get("data")
+    if isinstance(data, dict) and "domains" in data:
+        data = dict(data)
+        body["domains"] = data.pop("domains") or {}
+        body["data"] = data
+    _reject_unknown_top(body, source)
+    try:
+        spec = AuditSpec.model_validate({**body, "source": source, "base_dir": base_dir,
+                                         "sha256": sha256, "raw": raw})
+    except ValidationError as exc:
+        raise _spec_error(exc, source, body) from None
+    _check_references(spec)
+    if check_registry:
+        validate_checks(spec)
+    return spec
+
+
+_TOP_KEYS = ("name", "standard", "seed", "device", "model", "data", "domains", "checks")
+
+
+def _reject_unknown_top(body: dict, source: str) -> None:
+    for key in body:
+        if key not in _TOP_KEYS:
+            raise SpecError(f"unknown key '{key}'.{did_you_mean(str(key), _TOP_KEYS)}", where=f"{source}: {key}")
+
+
+def _spec_error(exc: ValidationError, source: str, body: dict) -> SpecError:
+    err = exc.errors()[0]
+    loc = tuple(err["loc"])
+    if loc and loc[0] == "domains":
+        loc = ("data",) + loc
+    # Pydantic reports unions and model validators with internal names; drop them.
+    loc = tuple(p for p in loc if not (isinstance(p, str) and ("[" in p or p.startswith("function-"))))
+    msg = err["msg"].removeprefix("Value error, ")
+    if err["type"] == "extra_forbidden":
+        field = str(loc[-1])
+        parent_model = _model_at(loc[:-1])
+        msg = f"unknown key '{field}'." + (did_you_mean(field, parent_model) if parent_model else "")
+    elif err["type"] == "missing":
+        msg = f"missing required key '{loc[-1]}'"
+    return SpecError(msg, where=f"{source}: {yaml_path(loc)}")
+
+
+def _model_at(loc: tuple[Any, ...]) -> list[str]:
+    """Field names of the spec model at a YAML path, for did-you-mean on unknown keys."""
+    model: Any = AuditSpec
+    for part in loc:
+        if isinstance(part, int) or model is None:
+            continue
+        field = getattr(model, "model_fields", {}).get(part)
+        if field is None:
+            # dict-valued fields (data.<role>, thresholds.<metric>): descend into the value type
+            continue
+        ann = field.annotation
+        model = next((a for a in getattr(ann, "__args__", (ann,)) if isinstance(a, type) and issubclass(a, BaseModel)), None)
+        if model is None:
+            args = getattr(ann, "__args__", ())
+            model = next((a for a in args if isinstance(a, type) and issubclass(a, BaseModel)), None)
+    if model is None:
+        return []
+    names = [f.alias or n for n, f in model.model_fields.items()]
+    if model is CheckEntry:
+        names = list(RESERVED_CHECK_KEYS)
+    return names
+
+
+def _check_references(spec: AuditSpec) -> None:
+    src = spec.source
+    names = spec.dataset_names()
+    for dup in {n for n in spec.domains if n in spec.data}:
+        raise SpecError(f"domain '{dup}' has the same name as a dataset", where=f"{src}: data.domains.{dup}")
+    for name, entry in spec.domains.items():
+        if entry.from_ and entry.from_ not in names:
+            raise SpecError(f"unknown dataset '{entry.from_}'.{did_you_mean(entry.from_, names)}",
+                            where=f"{src}: data.domains.{name}.from")
+    for role, entry in spec.data.items():
+        if entry.from_ and entry.from_ not in names:
+            raise SpecError(f"unknown dataset '{entry.from_}'.{did_you_mean(entry.from_, names)}",
+                            where=f"{src}: data.{role}.from")
+    if spec.model.train and spec.model.train.data not in spec.data:
+        raise SpecError(f"unknown dataset '{spec.model.train.data}'.{did_you_mean(spec.model.train.data, spec.data)}",
+                        where=f"{src}: model.train.data")
+    seen: set[str] = set()
+    for i, entry in enumerate(spec.checks):
+        if entry.id in seen:
+            raise SpecError(f"duplicate check id '{entry.id}'", where=f"{src}: checks[{i}].id")
+        seen.add(entry.id)
+        if entry.data not in names:
+            raise SpecError(f"unknown dataset '{entry.data}'.{did_you_mean(entry.data, names)}",
+                            where=f"{src}: checks[{i}].data")
+
+
+def validate_checks(spec: AuditSpec) -> None:
+    """Check names, metric names and parameters against the registry."""
+    from audit.registry import registry
+
+    src = spec.source
+    for i, entry in enumerate(spec.checks):
+        where = f"{src}: checks[{i}]"
+        if entry.check not in registry.names():
+            raise SpecError(f"unknown check '{entry.check}'.{did_you_mean(entry.check, registry.names())}",
+                            where=f"{where}.check")
+        cls = registry.get(entry.check)
+        for metric in entry.thresholds:
+            if metric not in cls.metrics:
+                raise SpecError(f"unknown metric '{metric}' for {entry.check}.{did_you_mean(metric, cls.metrics)}",
+                                where=f"{where}.thresholds.{metric}")
+        try:
+            params = cls.Params.model_validate({**entry.params, "data": entry.data, "confidence": entry.confidence})
+        except ValidationError as exc:
+            err = exc.errors()[0]
+            loc = tuple(err["loc"])
+            name = str(loc[0]) if loc else "?"
+            if err["type"] == "extra_forbidden":
+                known = [n for n in cls.Params.model_fields if n not in ("data", "confidence")]
+                msg = f"unknown parameter '{name}' for {entry.check}.{did_you_mean(name, known)}"
+            else:
+                msg = err["msg"].removeprefix("Value error, ")
+            raise SpecError(msg, where=f"{where}.{yaml_path(loc)}") from None
+        validate = getattr(cls, "validate_params", None)
+        if validate is not None:
+            try:
+                validate(params, spec)
+            except ValueError as exc:
+                raise SpecError(str(exc), where=where) from None
+
+
+def check_params(spec: AuditSpec, entry: CheckEntry) -> Any:
+    from audit.registry import registry
+
+    cls = registry.get(entry.check)
+    return cls.Params.model_validate({**entry.params, "data": entry.data, "confidence": entry.confidence})

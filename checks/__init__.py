@@ -1,0 +1,1 @@
+"""The check battery: one module per check, grouped by family."""
