@@ -1,0 +1,239 @@
+"""The `audit` command line.
+
+Exit codes: 0 compliant (warnings allowed unless --strict), 1 non-compliant,
+2 invalid spec or input (one clear message, no traceback), 3 a check errored.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from audit.errors import AuditInputError
+
+EXIT_OK, EXIT_FAIL, EXIT_INPUT, EXIT_ERROR = 0, 1, 2, 3
+DEMOS = {"digits": "demo_digits.yaml", "adult": "demo_adult.yaml"}
+_STATUS_STYLE = {"pass": "green", "warn": "yellow", "fail": "red", "error": "magenta", "skipped": "dim"}
+
+err = Console(stderr=True, highlight=False)
+
+
+def _formats(value: str) -> set[str]:
+    formats = {f.strip().lower() for f in value.split(",") if f.strip()}
+    unknown = formats - {"html", "pdf", "json"}
+    if unknown:
+        raise argparse.ArgumentTypeError(f"unknown format(s): {', '.join(sorted(unknown))} (choose from html, pdf, json)")
+    return formats | {"json"}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="audit", description="Audit a model against a YAML spec and write a compliance report.")
+    p.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def common(sp: argparse.ArgumentParser, out: bool = True) -> None:
+        if out:
+            sp.add_argument("--out", type=Path, default=Path("audit-report"), help="output folder (default: audit-report/)")
+            sp.add_argument("--format", type=_formats, default={"html", "pdf", "json"},
+                            help="comma-separated: html,pdf,json (json is always written)")
+        sp.add_argument("--quiet", "-q", action="store_true", help="no progress output")
+
+    run = sub.add_parser("run", help="run the audit")
+    run.add_argument("spec", type=Path)
+    run.add_argument("--device", help="override the spec's device (auto, cpu, cuda, cuda:N)")
+    run.add_argument("--strict", action="store_true", help="warnings make the audit non-compliant (exit 1)")
+    common(run)
+
+    demo = sub.add_parser("demo", help="run a built-in demo spec on the embedded fixtures")
+    demo.add_argument("--spec", choices=sorted(DEMOS), default="digits", help="which demo (default: digits)")
+    demo.add_argument("--device")
+    demo.add_argument("--strict", action="store_true")
+    common(demo)
+
+    val = sub.add_parser("validate", help="check a spec, run nothing")
+    val.add_argument("spec", type=Path)
+
+    sub.add_parser("checks", help="list checks, their parameters and metrics")
+
+    ren = sub.add_parser("render", help="re-render HTML/PDF from results.json without re-running")
+    ren.add_argument("results", type=Path)
+    common(ren)
+
+    diff = sub.add_parser("diff", help="what changed between two audits")
+    diff.add_argument("old", type=Path)
+    diff.add_argument("new", type=Path)
+
+    train = sub.add_parser("train", help="train the spec's model (model.train) and save it, without auditing")
+    train.add_argument("spec", type=Path)
+    train.add_argument("--device")
+    common(train, out=False)
+    return p
+
+
+def _version() -> str:
+    from audit import __version__
+
+    return __version__
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except AuditInputError as exc:
+        err.print(f"[bold red]error:[/] {exc}", markup=True, soft_wrap=True)
+        return EXIT_INPUT
+    except KeyboardInterrupt:
+        err.print("interrupted")
+        return 130
+
+
+# ---- progress ----------------------------------------------------------------------------
+@contextmanager
+def progress_reporter(quiet: bool) -> Iterator[Callable[[str, int, int], None] | None]:
+    if quiet:
+        yield None
+        return
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=err, transient=True) as bar:
+        tasks: dict[str, Any] = {}
+
+        def update(what: str, done: int, total: int) -> None:
+            if what not in tasks:
+                tasks[what] = bar.add_task(what, total=total)
+            bar.update(tasks[what], completed=done, total=total)
+
+        yield update
+
+
+def _print_check(result: Any) -> None:
+    style = _STATUS_STYLE.get(result.status, "")
+    err.print(f"  [{style}]{result.status:>7}[/] {result.id} ({result.check}) "
+              f"[dim]{result.duration_s:.1f}s[/]  {result.message}", markup=True, soft_wrap=True)
+
+
+# ---- commands ----------------------------------------------------------------------------
+def cmd_run(args: argparse.Namespace, spec_path: Path | None = None) -> int:
+    from audit.results import exit_code
+    from audit.runner import run_audit
+    from audit.spec import load_spec
+
+    spec = load_spec(spec_path or args.spec)
+    if not args.quiet:
+        err.print(f"[bold]{spec.name}[/] — {len(spec.checks)} checks", markup=True)
+    with progress_reporter(args.quiet) as progress:
+        results = run_audit(spec, device=args.device, progress=progress,
+                            on_check=None if args.quiet else _print_check).to_json()
+    paths = _write(results, args.out, args.format, args.quiet)
+    code = exit_code(results, strict=args.strict)
+    if not args.quiet:
+        s = results["summary"]
+        err.print(f"[bold]{results['verdict']}[/]: " + ", ".join(f"{v} {k}" for k, v in s.items() if v)
+                  + f" — {', '.join(str(p) for p in paths.values())}", markup=True, soft_wrap=True)
+    return code
+
+
+def _write(results: dict[str, Any], out: Path, formats: set[str], quiet: bool) -> dict[str, Path]:
+    from reports import write_report
+
+    if not quiet:
+        err.print(f"writing {', '.join(sorted(formats))} to {out}/")
+    return write_report(results, out, formats)
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    with resources.as_file(resources.files("fixtures") / DEMOS[args.spec]) as path:
+        return cmd_run(args, spec_path=Path(path))
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    from audit.spec import load_spec
+
+    spec = load_spec(args.spec)
+    for name, entry in {**spec.data, **spec.domains}.items():
+        if entry.path and not spec.resolve(entry.path).exists():
+            raise AuditInputError(f"data file not found: {spec.resolve(entry.path)}",
+                                  where=f"{spec.source}: data.{'domains.' if name in spec.domains else ''}{name}.path")
+    if spec.model.path and not spec.resolve(spec.model.path).exists():
+        raise AuditInputError(f"model file not found: {spec.resolve(spec.model.path)}", where=f"{spec.source}: model.path")
+    print(f"{args.spec}: valid ({len(spec.checks)} checks, datasets: {', '.join(spec.dataset_names())})")
+    return EXIT_OK
+
+
+def cmd_checks(args: argparse.Namespace) -> int:
+    from audit.registry import registry
+
+    console = Console(highlight=False)
+    table = Table(title="Registered checks", show_lines=True)
+    table.add_column("check")
+    table.add_column("metrics (headline first; ↑ higher is better)")
+    table.add_column("parameters")
+    for name in registry.names():
+        try:
+            cls = registry.get(name)
+        except Exception as exc:  # noqa: BLE001 - list what is broken instead of failing the listing
+            table.add_row(name, f"[red]cannot import: {exc}[/]", "")
+            continue
+        metrics = ", ".join(f"{m}{' ↑' if hib else ' ↓'}" for m, hib in cls.metrics.items())
+        params = []
+        for pname, field in cls.Params.model_fields.items():
+            if pname in ("data", "confidence"):
+                continue
+            default = field.default if field.default is not None else "—"
+            params.append(f"{pname}={default!r}" if not callable(default) else pname)
+        table.add_row(f"[bold]{name}[/]\n{cls.summary}", metrics, "\n".join(params))
+    console.print(table)
+    return EXIT_OK
+
+
+def cmd_render(args: argparse.Namespace) -> int:
+    from audit.results import load_results
+
+    results = load_results(args.results)
+    paths = _write(results, args.out, args.format, args.quiet)
+    if not args.quiet:
+        err.print("wrote " + ", ".join(str(p) for p in paths.values()))
+    return EXIT_OK
+
+
+def cmd_diff(args: argparse.Namespace) -> int:
+    from audit.results import load_results
+    from reports.diff import diff_results, format_diff
+
+    old, new = load_results(args.old), load_results(args.new)
+    print(format_diff(diff_results(old, new)))
+    return EXIT_OK
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from audit.spec import load_spec
+    from audit.training import train_and_save
+
+    spec = load_spec(args.spec)
+    if spec.model.train is None:
+        raise AuditInputError("the spec has no model.train section", where=f"{spec.source}: model")
+    with progress_reporter(args.quiet) as progress:
+        loaded = train_and_save(spec, device=args.device, progress=progress)
+    record = loaded.training or {}
+    print(json.dumps({k: record.get(k) for k in ("best_epoch", "wall_s", "device", "seed", "model_sha256", "saved_to")},
+                     indent=2))
+    return EXIT_OK
+
+
+COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
+    "run": cmd_run, "demo": cmd_demo, "validate": cmd_validate, "checks": cmd_checks,
+    "render": cmd_render, "diff": cmd_diff, "train": cmd_train,
+}
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,131 @@
+"""Compliance report rendering: results dict -> results.json, report.html, report.pdf.
+
+    from reports import write_report
+    paths = write_report(results, Path("audit-report"), {"json", "html", "pdf"})
+
+`render_html(results)` gives the self-contained HTML page; `render_pdf(html, path,
+base_dir)` prints it with WeasyPrint (no network); `reports.diff` compares two
+results files; `reports.plots` draws the SVG figures checks put in their evidence.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+__all__ = ["FORMATS", "atomic_write_bytes", "atomic_write_text", "diff_results", "format_diff",
+           "render_html", "render_pdf", "results_json", "write_report"]
+
+FORMATS = ("json", "html", "pdf")
+FILENAMES = {"json": "results.json", "html": "report.html", "pdf": "report.pdf"}
+
+
+def render_html(results: Mapping[str, Any]) -> str:
+    from reports.html import render_html as _render
+
+    return _render(results)
+
+
+def render_pdf(html: str, out_path: Path, base_dir: Path) -> Path:
+    from reports.pdf import render_pdf as _render
+
+    return _render(html, out_path, base_dir)
+
+
+def diff_results(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[dict[str, Any]]:
+    from reports.diff import diff_results as _diff
+
+    return _diff(old, new)
+
+
+def format_diff(rows: list[dict[str, Any]]) -> str:
+    from reports.diff import format_diff as _format
+
+    return _format(rows)
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write `data` to `path` through a temporary file in the same folder and
+    os.replace, so `path` is either the old file or the complete new one."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def _jsonable(v: Any) -> Any:
+    """Non-finite floats become null (as audit.check does for metrics); numpy scalars
+    and arrays become plain Python; tuples become lists."""
+    if isinstance(v, float):
+        return v if math.isfinite(v) else None
+    if isinstance(v, Mapping):
+        return {str(k): _jsonable(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_jsonable(x) for x in v]
+    if isinstance(v, (str, int, bool)) or v is None:
+        return v
+    if hasattr(v, "tolist"):  # numpy scalar or array
+        return _jsonable(v.tolist())
+    if isinstance(v, Path):
+        return str(v)
+    raise TypeError(f"results contain a value that is not JSON-ready: {type(v).__name__}")
+
+
+def results_json(results: Mapping[str, Any]) -> str:
+    return json.dumps(_jsonable(results), indent=2, ensure_ascii=False, allow_nan=False) + "\n"
+
+
+def write_report(results: Mapping[str, Any], out_dir: Path, formats: Iterable[str] = FORMATS) -> dict[str, Path]:
+    """Write the requested formats ("json", "html", "pdf") into `out_dir`.
+
+    Everything is rendered in memory first and only then written, each file
+    atomically: a failure while rendering leaves the folder as it was, never a
+    half-written report. Returns {format: path} for the files written.
+    """
+    wanted = {f.strip().lower() for f in formats if f and f.strip()}
+    unknown = wanted - set(FORMATS)
+    if unknown:
+        raise ValueError(f"unknown report format(s) {sorted(unknown)}; choose from {', '.join(FORMATS)}")
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+
+    payload: dict[str, bytes] = {}
+    if "json" in wanted:
+        payload["json"] = results_json(results).encode("utf-8")
+    if wanted & {"html", "pdf"}:
+        html = render_html(results)
+        if "html" in wanted:
+            payload["html"] = html.encode("utf-8")
+        if "pdf" in wanted:
+            from reports.pdf import pdf_bytes
+
+            payload["pdf"] = pdf_bytes(html, out_dir)
+
+    written: dict[str, Path] = {}
+    for fmt in FORMATS:  # json first: the machine-readable record is the source of truth
+        if fmt in payload:
+            path = out_dir / FILENAMES[fmt]
+            atomic_write_bytes(path, payload[fmt])
+            written[fmt] = path
+    return written
