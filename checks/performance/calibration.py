@@ -1,0 +1,147 @@
+"""performance.calibration: expected / maximum calibration error and the Brier score.
+
+Confidence is the top-class probability; `n_bins` equal-width bins over [0, 1] with
+right-closed intervals (lo, hi], the same binning as sklearn.calibration.calibration_curve
+(strategy="uniform").
+
+* ECE = sum_b (n_b / N) |acc_b - conf_b|   (Guo et al., 2017)
+* MCE = max over non-empty bins of |acc_b - conf_b|
+* Brier = (1/N) sum_i sum_k (p_ik - 1[y_i = k])^2, the original multiclass definition
+  (range [0, 2]); equal to sklearn's brier_score_loss(..., scale_by_half=False). For a
+  binary task it is twice the customary binary Brier score (sklearn's default).
+
+All three get CIs from the weight bootstrap; the binned statistics are weighted bin sums,
+so a resample chunk costs a gather and three `np.add.reduceat` passes.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from pydantic import Field
+
+from audit import stats
+from audit.check import Check, Measurement, Metric, Params, figure, table, text
+from audit.context import Context
+from audit.registry import register_check
+
+
+class CalibrationParams(Params):
+    n_bins: int = Field(15, ge=2, le=100, description="equal-width confidence bins")
+    weight_resamples: int = Field(stats.WEIGHT_RESAMPLES, ge=200, le=20_000,
+                                  description="weight-bootstrap resamples")
+
+
+def confidence_bins(confidence: np.ndarray, n_bins: int) -> np.ndarray:
+    """Bin index per sample, intervals (lo, hi] as in sklearn's calibration_curve."""
+    edges = np.linspace(0.0, 1.0, n_bins + 1)
+    return np.searchsorted(edges[1:-1], confidence)
+
+
+class BinnedCalibration:
+    """Per-bin weighted sums, and ECE / MCE, under a batch of resampling weights (B, N).
+
+    Samples are sorted by bin once; a resample is then one gather and `np.add.reduceat`
+    over the non-empty bins (empty bins stay empty in every resample)."""
+
+    def __init__(self, confidence: np.ndarray, correct: np.ndarray, n_bins: int) -> None:
+        bins = confidence_bins(confidence, n_bins)
+        self.order = np.argsort(bins, kind="stable")
+        sorted_bins = bins[self.order]
+        self.starts = np.flatnonzero(np.r_[True, sorted_bins[1:] != sorted_bins[:-1]])
+        self.bin_ids = sorted_bins[self.starts]  # the non-empty bins, ascending
+        self.conf = np.asarray(confidence, dtype=np.float64)[self.order]
+        self.correct = np.asarray(correct, dtype=np.float64)[self.order]
+        self.n_bins = n_bins
+
+    def sums(self, w: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(B, n_nonempty) weighted count, confidence sum and correct sum per non-empty bin."""
+        ws = np.asarray(w, dtype=np.float64)[:, self.order]
+        return (np.add.reduceat(ws, self.starts, axis=1),
+                np.add.reduceat(ws * self.conf, self.starts, axis=1),
+                np.add.reduceat(ws * self.correct, self.starts, axis=1))
+
+    def ece(self, w: np.ndarray) -> np.ndarray:
+        count, conf, corr = self.sums(w)
+        return np.abs(corr - conf).sum(axis=1) / count.sum(axis=1)
+
+    def mce(self, w: np.ndarray) -> np.ndarray:
+        count, conf, corr = self.sums(w)
+        gap = np.where(count > 0, np.abs(corr - conf) / np.where(count > 0, count, 1.0), -np.inf)
+        return gap.max(axis=1)
+
+    def table(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Full-length (n_bins,) count, mean confidence and accuracy (NaN for empty bins)."""
+        c, s_conf, s_corr = (a[0] for a in self.sums(np.ones((1, self.conf.size))))
+        count = np.zeros(self.n_bins)
+        conf = np.full(self.n_bins, np.nan)
+        acc = np.full(self.n_bins, np.nan)
+        count[self.bin_ids], conf[self.bin_ids], acc[self.bin_ids] = c, s_conf / c, s_corr / c
+        return count, conf, acc
+
+
+def brier_per_sample(proba: np.ndarray, y: np.ndarray) -> np.ndarray:
+    onehot = np.zeros_like(proba)
+    onehot[np.arange(len(y)), y] = 1.0
+    return ((proba - onehot) ** 2).sum(axis=1)
+
+
+@register_check
+class Calibration(Check):
+    name = "performance.calibration"
+    version = 1
+    requires = ("data",)
+    summary = "Whether predicted confidences match observed accuracy (reliability diagram, ECE, Brier)."
+    metrics = {"ece": False, "mce": False, "brier": False}
+    descriptions = {
+        "ece": "Expected calibration error: bin-size-weighted mean gap between confidence and "
+               "accuracy over equal-width confidence bins.",
+        "mce": "Maximum calibration error: the largest confidence-accuracy gap of any non-empty bin.",
+        "brier": "Multiclass Brier score: mean squared distance between the probability vector and "
+                 "the one-hot label (range 0-2; twice the customary binary score).",
+    }
+    Params = CalibrationParams
+
+    def run(self, ctx: Context, params: CalibrationParams) -> Measurement:
+        from reports import plots
+
+        ds = ctx.dataset(params.data)
+        proba = ctx.probabilities(params.data)  # cached: one forward pass per sample
+        y = np.asarray(ds.y, dtype=np.int64)
+        n = len(y)
+        confidence = proba.max(axis=1)
+        correct = (proba.argmax(axis=1) == y).astype(np.float64)
+        binned = BinnedCalibration(confidence, correct, params.n_bins)
+
+        def rng(what: str) -> np.random.Generator:
+            return ctx.rng(f"{self.name}:{params.data}:{what}")
+
+        kw = {"confidence": params.confidence, "n_resamples": params.weight_resamples}
+        metrics: dict[str, Metric] = {
+            "ece": stats.bootstrap_weighted(binned.ece, n, rng=rng("ece"), **kw),
+            "mce": stats.bootstrap_weighted(binned.mce, n, rng=rng("mce"), **kw),
+            "brier": stats.bootstrap_mean(brier_per_sample(proba, y), rng=rng("brier"), **kw),
+        }
+
+        count, bin_conf, bin_acc = binned.table()
+        nonempty = count > 0
+        edges = np.linspace(0.0, 1.0, params.n_bins + 1)
+        rows = [[f"({edges[b]:.3f}, {edges[b + 1]:.3f}]", int(count[b]),
+                 None if not nonempty[b] else float(bin_conf[b]),
+                 None if not nonempty[b] else float(bin_acc[b]),
+                 None if not nonempty[b] else float(bin_acc[b] - bin_conf[b])]
+                for b in range(params.n_bins)]
+        m = metrics
+        over = float(confidence.mean() - correct.mean())
+        summary = (f"ECE {m['ece'].value:.4f}, MCE {m['mce'].value:.4f}, Brier {m['brier'].value:.4f} "
+                   f"on {n} samples of '{params.data}' ({params.n_bins} equal-width bins). "
+                   f"Mean confidence {confidence.mean():.3f} vs accuracy {correct.mean():.3f}: the model is "
+                   f"{'over' if over > 0 else 'under'}-confident by {abs(over):.3f} on average.")
+        evidence = [
+            text("Summary", summary),
+            figure("Reliability diagram",
+                   plots.reliability_diagram_svg(bin_conf, bin_acc, count),
+                   caption="Accuracy per confidence bin against the diagonal of perfect calibration."),
+            table("Confidence bins", ["bin", "count", "mean confidence", "accuracy", "accuracy - confidence"],
+                  rows),
+        ]
+        return Measurement(metrics=metrics, evidence=evidence)

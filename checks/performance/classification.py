@@ -1,0 +1,237 @@
+"""performance.classification: held-out classification metrics with bootstrap CIs.
+
+Count metrics (accuracy, balanced accuracy, macro precision/recall/F1, worst-class
+recall, per-class recall) are functions of the confusion matrix and are resampled as one
+multinomial over its cells (10,000 resamples shared by all of them, cost independent of
+N). ROC AUC and log loss need per-sample values and use the weight bootstrap; the weighted ROC AUC is vectorised over
+resamples (sort once, cumulative weighted negatives), never one sklearn call per resample.
+
+Point estimates equal scikit-learn's on the same predictions: macro averages run over the
+labels present in y_true or y_pred (sklearn's default), balanced accuracy and
+worst-class recall over classes present in y_true, multiclass ROC AUC is the unweighted
+mean of one-vs-rest AUCs (sklearn's multi_class="ovr", average="macro") over the classes
+present in y_true, log loss clips probabilities to [eps, 1 - eps] like sklearn.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+from pydantic import Field
+
+from audit import stats
+from audit.check import Check, Measurement, Metric, Params, cell, figure, table, text
+from audit.context import Context
+from audit.registry import register_check
+
+
+class ClassificationParams(Params):
+    resamples: int = Field(stats.COUNT_RESAMPLES, ge=200, le=200_000,
+                           description="count-bootstrap resamples (confusion-matrix metrics)")
+    weight_resamples: int = Field(stats.WEIGHT_RESAMPLES, ge=200, le=20_000,
+                                  description="weight-bootstrap resamples (ROC AUC, log loss)")
+
+
+# confusion matrix -> batched statistic, in the order of `metrics`
+_COUNT_METRICS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
+    "accuracy": stats.cm_accuracy,
+    "balanced_accuracy": stats.cm_balanced_accuracy,
+    "f1_macro": stats.cm_f1_macro,
+    "precision_macro": stats.cm_precision_macro,
+    "recall_macro": stats.cm_recall_macro,
+    "worst_class_recall": stats.cm_worst_class_recall,
+}
+_CHUNK_CELLS = 4_000_000  # resampled confusion-matrix cells held at once
+
+
+def count_bootstrap(cm: np.ndarray, statistics: dict[str, Callable[[np.ndarray], np.ndarray]],
+                    *, confidence: float, rng: np.random.Generator, n_resamples: int
+                    ) -> tuple[dict[str, Metric], list[tuple[float, float] | None]]:
+    """stats.bootstrap_counts for several statistics over one shared set of multinomial
+    resamples of the confusion matrix (one draw instead of one per metric), in chunks so
+    memory stays bounded as the number of classes grows. Also returns per-class recall CIs."""
+    k = cm.shape[0]
+    unit = cm[None].astype(np.float64)
+    chunk = max(1, min(n_resamples, _CHUNK_CELLS // (k * k)))
+    draws: dict[str, list[np.ndarray]] = {name: [] for name in statistics}
+    recall: list[np.ndarray] = []
+    with np.errstate(divide="ignore", invalid="ignore"):
+        values = {name: float(fn(unit)[0]) for name, fn in statistics.items()}
+        for start in range(0, n_resamples, chunk):
+            batch = stats.resample_counts(cm, min(chunk, n_resamples - start), rng).astype(np.float64)
+            for name, fn in statistics.items():
+                draws[name].append(fn(batch))
+            recall.append(stats.cm_recall(batch))
+    metrics = {name: Metric(values[name], stats.percentile_ci(np.concatenate(d), confidence))
+               for name, d in draws.items()}
+    per_class = np.concatenate(recall)
+    recall_ci = [stats.percentile_ci(per_class[:, c], confidence) if cm[c].sum() > 0 else None
+                 for c in range(k)]
+    return metrics, recall_ci
+
+
+class RocAuc:
+    """Binary ROC AUC under resampling weights, vectorised over a batch of weight rows.
+
+    AUC = sum_{pos i, neg j} w_i w_j ([s_i > s_j] + 0.5 [s_i == s_j]) / (W_pos W_neg),
+    the Mann-Whitney form, equal to sklearn's trapezoidal AUC (ties get half credit).
+    Negatives are sorted by score once and each positive's place among them found once
+    (searchsorted, left and right for ties); per resample it is one cumulative sum of
+    the negatives' weights and two gathers at the positives' places.
+    """
+
+    def __init__(self, score: np.ndarray, positive: np.ndarray) -> None:
+        score = np.asarray(score, dtype=np.float64)
+        positive = np.asarray(positive, dtype=bool)
+        neg = np.flatnonzero(~positive)
+        self.neg = neg[np.argsort(score[neg], kind="stable")]
+        self.pos = np.flatnonzero(positive)
+        neg_scores = score[self.neg]
+        self.below = np.searchsorted(neg_scores, score[self.pos], side="left")  # negatives < s_i
+        self.upto = np.searchsorted(neg_scores, score[self.pos], side="right")  # negatives <= s_i
+
+    def __call__(self, w: np.ndarray) -> np.ndarray:
+        w = np.asarray(w)
+        cum = np.zeros((w.shape[0], self.neg.size + 1))  # cum[:, j]: weight of the j lowest negatives
+        np.cumsum(w[:, self.neg], axis=1, dtype=np.float64, out=cum[:, 1:])
+        wpos = w[:, self.pos].astype(np.float64)
+        num = 0.5 * np.einsum("bi,bi->b", wpos, cum[:, self.below] + cum[:, self.upto])
+        return num / (wpos.sum(axis=1) * cum[:, -1])
+
+
+def log_loss_per_sample(proba: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """-log p(true class), clipped to [eps, 1 - eps] as sklearn.metrics.log_loss does."""
+    eps = np.finfo(proba.dtype).eps
+    p = np.clip(proba[np.arange(len(y)), y], eps, 1.0 - eps)
+    return -np.log(p)
+
+
+@register_check
+class ClassificationPerformance(Check):
+    name = "performance.classification"
+    version = 1
+    requires = ("data",)
+    summary = "Held-out classification metrics with bootstrap confidence intervals, per class."
+    metrics = {
+        "accuracy": True,
+        "balanced_accuracy": True,
+        "f1_macro": True,
+        "precision_macro": True,
+        "recall_macro": True,
+        "roc_auc": True,
+        "log_loss": False,
+        "worst_class_recall": True,
+    }
+    descriptions = {
+        "accuracy": "Fraction of samples whose predicted class (arg-max probability) is the true class.",
+        "balanced_accuracy": "Mean per-class recall over the classes present in the data.",
+        "f1_macro": "Unweighted mean of per-class F1 scores.",
+        "precision_macro": "Unweighted mean of per-class precision (0 for a class never predicted).",
+        "recall_macro": "Unweighted mean of per-class recall.",
+        "roc_auc": "Area under the ROC curve: positive-class score for binary tasks, "
+                   "macro one-vs-rest mean for multiclass.",
+        "log_loss": "Mean cross-entropy of the true class (natural log); lower is better.",
+        "worst_class_recall": "Lowest recall of any class present in the data.",
+    }
+    Params = ClassificationParams
+
+    def run(self, ctx: Context, params: ClassificationParams) -> Measurement:
+        ds = ctx.dataset(params.data)
+        proba = ctx.probabilities(params.data)  # cached: one forward pass per sample
+        y = np.asarray(ds.y, dtype=np.int64)
+        k, n = ds.n_classes, len(y)
+        pred = proba.argmax(axis=1)
+        cm = stats.confusion_counts(y, pred, k)
+        support = cm.sum(axis=1)
+        present = support > 0
+        conf = params.confidence
+
+        def rng(what: str) -> np.random.Generator:
+            return ctx.rng(f"{self.name}:{params.data}:{what}")
+
+        counted, recall_ci = count_bootstrap(cm, _COUNT_METRICS, confidence=conf, rng=rng("counts"),
+                                             n_resamples=params.resamples)
+        metrics = {name: counted[name] for name in _COUNT_METRICS if name != "worst_class_recall"}
+
+        notes: list[str] = []
+        absent = [ds.classes[c] for c in range(k) if not present[c]]
+        if absent:
+            notes.append(f"{len(absent)} class(es) absent from '{params.data}' "
+                         f"({', '.join(absent[:10])}): their recall is undefined; balanced accuracy, "
+                         "worst-class recall and ROC AUC use the classes present.")
+
+        auc = self._roc_auc(proba, y, present, n, conf, rng("roc_auc"), params.weight_resamples)
+        if auc is not None:
+            metrics["roc_auc"] = auc
+        else:
+            notes.append("ROC AUC is undefined: fewer than two classes are present.")
+        losses = log_loss_per_sample(proba, y)
+        metrics["log_loss"] = stats.bootstrap_mean(losses, confidence=conf, rng=rng("log_loss"),
+                                                   n_resamples=params.weight_resamples)
+        metrics["worst_class_recall"] = counted["worst_class_recall"]
+
+        evidence = self._evidence(ds.classes, cm, metrics, recall_ci, params, notes, n)
+        return Measurement(metrics=metrics, evidence=evidence)
+
+    @staticmethod
+    def _roc_auc(proba: np.ndarray, y: np.ndarray, present: np.ndarray, n: int, conf: float,
+                 rng: np.random.Generator, resamples: int) -> Metric | None:
+        if present.sum() < 2:
+            return None
+        if proba.shape[1] == 2:
+            aucs = [RocAuc(proba[:, 1], y == 1)]
+        else:
+            # one-vs-rest for each class present in y_true (an absent class has no positives)
+            aucs = [RocAuc(proba[:, c], y == c) for c in np.flatnonzero(present)]
+
+        def statistic(w: np.ndarray) -> np.ndarray:
+            return np.mean([a(w) for a in aucs], axis=0)
+
+        return stats.bootstrap_weighted(statistic, n, confidence=conf, rng=rng, n_resamples=resamples)
+
+    def _evidence(self, classes: list[str], cm: np.ndarray, metrics: dict[str, Metric],
+                  recall_ci: list[tuple[float, float] | None], params: ClassificationParams,
+                  notes: list[str], n: int) -> list[dict]:
+        from reports import plots
+
+        k = len(classes)
+        support = cm.sum(axis=1)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            recall = stats.cm_recall(cm[None].astype(np.float64))[0]
+        precision = stats.cm_precision(cm[None].astype(np.float64))[0]
+        f1 = stats.cm_f1(cm[None].astype(np.float64))[0]
+        rows = []
+        for c in range(k):
+            if support[c] == 0:
+                rec_cell = None
+            else:
+                rec_cell = cell(recall[c], recall_ci[c])
+            rows.append([classes[c], int(support[c]), float(precision[c]), rec_cell, float(f1[c])])
+        per_class = table("Per-class metrics", ["class", "support", "precision", "recall", "F1"], rows,
+                          note=" ".join(notes) or None)
+
+        acc = metrics["accuracy"]
+        lines = [f"Accuracy {_ci_str(acc)} on {n} samples of '{params.data}' "
+                 f"({int(np.trace(cm))} correct, {params.confidence:.0%} bootstrap CI)."]
+        rec_ok = np.where(support > 0, recall, np.inf)
+        if np.isfinite(rec_ok).any():
+            w = int(np.argmin(rec_ok))
+            lines.append(f"Lowest recall: class '{classes[w]}' at {recall[w]:.3f} (support {int(support[w])}).")
+        off = cm.copy()
+        np.fill_diagonal(off, 0)
+        if off.sum() > 0:
+            t, p = np.unravel_index(int(np.argmax(off)), off.shape)
+            lines.append(f"Most frequent confusion: true '{classes[t]}' predicted as '{classes[p]}' "
+                         f"({int(off[t, p])} samples).")
+        lines.extend(notes)
+        return [
+            text("Summary", " ".join(lines)),
+            per_class,
+            figure("Confusion matrix", plots.confusion_matrix_svg(cm, classes),
+                   caption="Rows: true class; columns: predicted class (arg-max probability)."),
+        ]
+
+
+def _ci_str(m: Metric) -> str:
+    return f"{m.value:.3f}" + (f" [{m.ci[0]:.3f}, {m.ci[1]:.3f}]" if m.ci else "")

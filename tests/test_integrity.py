@@ -1,0 +1,136 @@
+"""data.integrity: planted leakage and duplicates are caught exactly; label shift against
+scipy; a missing train set omits only the metrics that need it."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from scipy.stats import chi2_contingency
+
+from audit.context import Context
+from audit.dataset import Dataset, LoadedModel
+from audit.errors import SpecError
+from audit.spec import parse_spec
+from checks.data.integrity import DataIntegrity, RowIndex
+
+CLASSES = ["a", "b", "c"]
+
+
+def images(n: int, seed: int, p: tuple[float, ...] = (0.5, 0.3, 0.2)) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return rng.random((n, 1, 6, 6), dtype=np.float32), rng.choice(3, size=n, p=p).astype(np.int64)
+
+
+def model() -> LoadedModel:
+    return LoadedModel(torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(36, 3)), "0" * 64, "test", "linear")
+
+
+def ctx_of(**datasets: tuple[np.ndarray, np.ndarray]) -> Context:
+    return Context.from_objects({name: Dataset(name, x, y, "image", CLASSES) for name, (x, y) in datasets.items()},
+                                model())
+
+
+def run(ctx: Context, **params: object):
+    return DataIntegrity().run(ctx, DataIntegrity.Params(resamples=1000, **params))
+
+
+def test_planted_leak_is_caught_with_the_exact_fraction() -> None:
+    xtr, ytr = images(900, seed=1)
+    xte, yte = images(400, seed=2)
+    rng = np.random.default_rng(3)
+    k = 37
+    test_rows = np.sort(rng.choice(np.arange(1, 400), k, replace=False))
+    train_rows = rng.choice(900, k, replace=False)
+    xte[test_rows] = xtr[train_rows]
+    # a near-copy differing in one value by one ulp is not an exact duplicate
+    xte[0] = xtr[5]
+    xte[0, 0, 0, 0] = np.nextafter(xte[0, 0, 0, 0], np.float32(2))
+    m = run(ctx_of(train=(xtr, ytr), test=(xte, yte)))
+    overlap = m.metrics["train_test_overlap"]
+    assert overlap.value == k / 400
+    assert overlap.ci[0] < k / 400 < overlap.ci[1]
+    examples = next(e for e in m.evidence if e["type"] == "table" and e["title"].startswith("Rows of"))
+    assert [r[:2] for r in examples["rows"]] == [[int(t), int(r)] for t, r in zip(test_rows[:10], train_rows[:10])]
+
+
+def test_clean_split_has_no_overlap_and_planted_duplicates_are_counted() -> None:
+    xtr, ytr = images(500, seed=4)
+    xte, yte = images(300, seed=5)
+    xte[10:22], yte[10:22] = xte[100:112], yte[100:112]  # 12 exact copies inside the test set
+    xte[50] = xte[60]
+    yte[50] = (yte[60] + 1) % 3  # a copy with a conflicting label
+    m = run(ctx_of(train=(xtr, ytr), test=(xte, yte)))
+    assert m.metrics["train_test_overlap"].value == 0.0
+    assert m.metrics["train_test_overlap"].ci == (0.0, 0.0)
+    assert m.metrics["duplicate_fraction"].value == 13 / 300
+    splits = next(e for e in m.evidence if e["title"] == "Splits")
+    test_row = splits["rows"][1]
+    assert test_row[:5] == ["test", 300, 287, 13, 1]
+
+
+def test_label_shift_pvalue_equals_scipy_and_detects_shift() -> None:
+    xtr, ytr = images(1000, seed=6, p=(0.5, 0.3, 0.2))
+    xte, yte = images(500, seed=7, p=(0.5, 0.3, 0.2))
+    xsh, ysh = images(500, seed=8, p=(0.2, 0.3, 0.5))
+    ctx = ctx_of(train=(xtr, ytr), test=(xte, yte), shifted=(xsh, ysh))
+    same = run(ctx)
+    shifted = run(ctx, data="shifted")
+    ref = chi2_contingency(np.stack([np.bincount(ytr, minlength=3), np.bincount(yte, minlength=3)])).pvalue
+    assert same.metrics["label_shift_pvalue"].value == pytest.approx(ref, rel=1e-12)
+    assert same.metrics["label_shift_pvalue"].ci is None
+    assert same.metrics["label_shift_pvalue"].value > 0.01
+    assert shifted.metrics["label_shift_pvalue"].value < 1e-10
+    counts = np.bincount(ysh, minlength=3)
+    ratio = shifted.metrics["class_imbalance_ratio"]
+    assert ratio.value == pytest.approx(counts.max() / counts.min())
+    assert 1.0 <= ratio.ci[0] < ratio.value < ratio.ci[1]
+
+
+def test_balanced_classes_have_ratio_ci_from_one() -> None:
+    x, _ = images(600, seed=10)
+    y = np.repeat([0, 1, 2], 200)
+    y[:3] = 1  # 197 / 203 / 200
+    m = run(ctx_of(test=(x, y)))
+    ratio = m.metrics["class_imbalance_ratio"]
+    assert ratio.value == pytest.approx(203 / 197)
+    assert ratio.ci[0] == 1.0 and ratio.value < ratio.ci[1] < 1.5
+
+
+def test_without_train_only_train_metrics_are_omitted() -> None:
+    xte, yte = images(200, seed=9)
+    m = run(ctx_of(test=(xte, yte)))
+    assert "train_test_overlap" not in m.metrics and "label_shift_pvalue" not in m.metrics
+    assert {"duplicate_fraction", "missing_fraction", "class_imbalance_ratio"} <= set(m.metrics)
+    assert any("No 'train' dataset" in (e.get("text") or e.get("note") or "") for e in m.evidence)
+
+
+def test_missing_values_are_counted() -> None:
+    # loaders reject NaN features; an in-memory dataset can still carry them
+    x = np.zeros((50, 4), np.float32)
+    x[:5, 0] = np.nan
+    x[7, :] = np.nan
+    y = np.arange(50) % 3
+    ds = Dataset("test", x, y, "tabular", CLASSES)
+    ctx = Context.from_objects({"test": ds}, LoadedModel(torch.nn.Linear(4, 3), "0" * 64, "t", "linear"))
+    m = run(ctx)
+    assert m.metrics["missing_fraction"].value == pytest.approx(9 / 200)
+    lo, hi = m.metrics["missing_fraction"].ci
+    assert 0 < lo < 9 / 200 < hi
+
+
+def test_row_index_confirms_bytes() -> None:
+    x = np.arange(40, dtype=np.float32).reshape(10, 4)
+    x[7] = x[2]
+    idx = RowIndex.of(x)
+    dup, of = idx.duplicates()
+    assert dup.tolist() == [7] and of.tolist() == [2]
+    hit, where = idx.find(RowIndex.of(np.stack([x[3], x[3] + 0.5, x[9]])))
+    assert hit.tolist() == [0, 2] and where.tolist() == [3, 9]
+
+
+def test_unknown_reference_dataset_is_a_spec_error() -> None:
+    with pytest.raises(SpecError, match="unknown dataset 'trian'"):
+        parse_spec({"name": "x", "model": {"fixture": "digits-cnn"},
+                    "data": {"test": {"fixture": "digits", "split": "test"}},
+                    "checks": [{"id": "d", "check": "data.integrity", "train": "trian"}]})
