@@ -174,22 +174,27 @@ def cmd_checks(args: argparse.Namespace) -> int:
     from audit.registry import registry
 
     console = Console(highlight=False)
-    table = Table(title="Registered checks", show_lines=True)
-    table.add_column("check")
-    table.add_column("metrics (headline first; ↑ higher is better)")
-    table.add_column("parameters")
+    table = Table(title="Registered checks", show_lines=True, expand=True)
+    # fold, not truncate: long metric names must not squeeze check names into "…"
+    table.add_column("check", overflow="fold", ratio=3, min_width=max(map(len, registry.names()), default=10))
+    table.add_column("metrics (headline first; ↑ higher is better)", overflow="fold", ratio=3)
+    table.add_column("parameters", overflow="fold", ratio=2)
     for name in registry.names():
         try:
             cls = registry.get(name)
         except Exception as exc:  # noqa: BLE001 - list what is broken instead of failing the listing
             table.add_row(name, f"[red]cannot import: {exc}[/]", "")
             continue
-        metrics = ", ".join(f"{m}{' ↑' if hib else ' ↓'}" for m, hib in cls.metrics.items())
+        metrics = "\n".join(f"{m}{' ↑' if hib else ' ↓'}" for m, hib in cls.metrics.items())
         params = []
         for pname, field in cls.Params.model_fields.items():
             if pname in ("data", "confidence"):
                 continue
-            default = field.default if field.default is not None else "—"
+            if field.is_required():
+                params.append(f"{pname} (required)")
+                continue
+            default = field.get_default(call_default_factory=True)
+            default = default if default is not None else "—"
             params.append(f"{pname}={default!r}" if not callable(default) else pname)
         table.add_row(f"[bold]{name}[/]\n{cls.summary}", metrics, "\n".join(params))
     console.print(table)
