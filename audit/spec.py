@@ -273,6 +273,7 @@ def _check_references(spec: AuditSpec) -> None:
     names = spec.dataset_names()
     for dup in {n for n in spec.domains if n in spec.data}:
         raise SpecError(f"domain '{dup}' has the same name as a dataset", where=f"{src}: data.domains.{dup}")
+    _check_transforms(spec)
     for name, entry in spec.domains.items():
         if entry.from_ and entry.from_ not in names:
             raise SpecError(f"unknown dataset '{entry.from_}'.{did_you_mean(entry.from_, names)}",
@@ -292,6 +293,18 @@ def _check_references(spec: AuditSpec) -> None:
         if entry.data not in names:
             raise SpecError(f"unknown dataset '{entry.data}'.{did_you_mean(entry.data, names)}",
                             where=f"{src}: checks[{i}].data")
+
+
+def _check_transforms(spec: AuditSpec) -> None:
+    entries = [(f"data.{n}", e) for n, e in spec.data.items()] + [(f"data.domains.{n}", e) for n, e in spec.domains.items()]
+    if not any(e.transform for _, e in entries):
+        return
+    from audit.transforms import TRANSFORMS  # imports torch: only when a spec uses transforms
+
+    for where, entry in entries:
+        if entry.transform and entry.transform not in TRANSFORMS:
+            raise SpecError(f"unknown transform '{entry.transform}'.{did_you_mean(entry.transform, TRANSFORMS)}",
+                            where=f"{spec.source}: {where}.transform")
 
 
 def validate_checks(spec: AuditSpec) -> None:

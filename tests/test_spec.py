@@ -104,3 +104,8 @@ def test_duplicate_check_ids(tmp_path: Path) -> None:
 def test_severity_bounds(tmp_path: Path) -> None:
     msg = error_of(tmp_path, BASE.replace("severity: 1", "severity: 9"))
     assert "data.domains.inverted.severity" in msg
+
+
+def test_unknown_transform(tmp_path: Path) -> None:
+    msg = error_of(tmp_path, BASE.replace("transform: invert", "transform: invret"))
+    assert "data.domains.inverted.transform" in msg and "Did you mean 'invert'?" in msg
