@@ -1,0 +1,368 @@
+"""`fairness.group`: per-group rates and the gaps between groups, with confidence intervals.
+
+Everything is a function of the group x true label x prediction count cells. Point
+estimates come from fairlearn's `MetricFrame` evaluated on those cells (counts as sample
+weights); confidence intervals resample the cells as one multinomial (the same
+distribution as a row bootstrap). Beyond one bincount, cost does not grow with N. Groups smaller
+than `min_group_size` are reported as "insufficient data" and kept out of the gaps.
+Multiclass tasks are audited one-vs-rest for the positive class.
+"""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass
+from functools import partial
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from fairlearn.metrics import MetricFrame, false_positive_rate, selection_rate, true_positive_rate
+from pydantic import Field, field_validator
+from sklearn.metrics import accuracy_score
+
+from audit.check import Check, Measurement, Metric, Params, cell, figure, table, text
+from audit.context import Context
+from audit.dataset import Dataset
+from audit.errors import DataError
+from audit.registry import register_check
+from audit.stats import COUNT_RESAMPLES, percentile_ci, resample_counts
+
+RATES = ("base_rate", "selection_rate", "tpr", "fpr", "accuracy")
+_CHUNK = 2_000  # resamples per batch: bounds memory when there are many groups
+
+
+class GroupFairnessParams(Params):
+    sensitive: list[str] = Field(min_length=1, description="sensitive attribute(s); several = intersectional groups")
+    min_group_size: int = Field(30, ge=1, description="smaller groups are 'insufficient data' and kept out of the gaps")
+    positive_label: str | int | None = Field(
+        None, description="favourable class: a class name, or an index when no class has that name "
+                          "(default: the last class, class 1 for binary tasks)")
+
+    @field_validator("sensitive", mode="before")
+    @classmethod
+    def _listify(cls, v: Any) -> Any:
+        return [v] if isinstance(v, str) else v
+
+    @field_validator("sensitive")
+    @classmethod
+    def _unique(cls, v: list[str]) -> list[str]:
+        if len(set(v)) != len(v):
+            raise ValueError(f"sensitive attributes are repeated: {v}")
+        return v
+
+
+@dataclass
+class Groups:
+    """Non-empty groups (one per observed combination of attribute values), sorted."""
+
+    attrs: list[str]
+    keys: list[tuple[str, ...]]   # attribute values per group
+    codes: np.ndarray             # (N,) group index per row
+
+    def label(self, g: int) -> str:
+        return ", ".join(self.keys[g])
+
+
+def resolve_positive(classes: list[str], label: str | int | None) -> int:
+    """Index of the positive class. An int is a class name if one matches, else an index."""
+    if label is None:
+        return len(classes) - 1
+    if str(label) in classes:
+        return classes.index(str(label))
+    if isinstance(label, int) and not isinstance(label, bool) and 0 <= label < len(classes):
+        return label
+    raise DataError(f"positive_label {label!r} is not a class of the data; classes are: "
+                    f"{', '.join(map(str, classes))} (or an index 0..{len(classes) - 1})")
+
+
+def _factorize(values: np.ndarray) -> tuple[np.ndarray, list[str]]:
+    """Codes into sorted string labels, hashing rather than sorting the N values (O(N));
+    missing values become their own '(missing)' group."""
+    codes, uniques = pd.factorize(pd.Series(np.asarray(values)), use_na_sentinel=True)
+    labels = [str(u) for u in uniques]
+    if (codes < 0).any():
+        codes = np.where(codes < 0, len(labels), codes)
+        labels.append("(missing)")
+    order = np.argsort(np.array(labels, dtype=object), kind="stable")
+    rank = np.empty(len(labels), np.int64)
+    rank[order] = np.arange(len(labels))
+    return rank[codes], [labels[i] for i in order]
+
+
+def make_groups(ds: Dataset, attrs: list[str]) -> Groups:
+    check_attributes(ds, attrs)
+    per_attr = [_factorize(ds.sensitive[a]) for a in attrs]
+    combined = np.zeros(len(ds), np.int64)
+    for codes, labels in per_attr:  # mixed-radix code of the value combination
+        combined = combined * len(labels) + codes
+    # Only observed combinations become groups: no group of size zero can arise.
+    observed, codes = np.unique(combined, return_inverse=True)
+    keys = []
+    for c in observed:
+        parts = []
+        for _, labels in reversed(per_attr):
+            c, r = divmod(int(c), len(labels))
+            parts.append(labels[r])
+        keys.append(tuple(reversed(parts)))
+    return Groups(list(attrs), keys, codes.ravel())
+
+
+def check_attributes(ds: Dataset, attrs: list[str]) -> None:
+    have = sorted(ds.sensitive)
+    for a in attrs:
+        if a not in ds.sensitive:
+            listed = ", ".join(have) if have else "none"
+            close = difflib.get_close_matches(a, have, n=1)
+            raise DataError(f"sensitive attribute '{a}' is not in dataset '{ds.name}' "
+                            f"(it has: {listed})" + (f". Did you mean '{close[0]}'?" if close else ""))
+        if len(ds.sensitive[a]) != len(ds):
+            raise DataError(f"sensitive attribute '{a}' of dataset '{ds.name}' has "
+                            f"{len(ds.sensitive[a])} values for {len(ds)} rows")
+
+
+def group_counts(codes: np.ndarray, y_bin: np.ndarray, p_bin: np.ndarray, n_groups: int) -> np.ndarray:
+    """(G, 2, 2) counts: [group, true is positive, predicted positive]."""
+    idx = codes.astype(np.int64) * 4 + y_bin.astype(np.int64) * 2 + p_bin.astype(np.int64)
+    return np.bincount(idx, minlength=n_groups * 4).reshape(n_groups, 2, 2)
+
+
+def count_rates(c: np.ndarray) -> dict[str, np.ndarray]:
+    """Per-group rates from (..., G, 2, 2) counts; NaN where undefined (an empty group,
+    TPR of a group without positives, FPR of a group without negatives)."""
+    c = c.astype(np.float64)
+    n = c.sum(axis=(-2, -1))
+    pos, neg = c[..., 1, :].sum(-1), c[..., 0, :].sum(-1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return {
+            "size": n,
+            "base_rate": pos / n,
+            "selection_rate": c[..., :, 1].sum(-1) / n,
+            "tpr": c[..., 1, 1] / pos,
+            "fpr": c[..., 0, 1] / neg,
+            "accuracy": (c[..., 0, 0] + c[..., 1, 1]) / n,
+        }
+
+
+def _spread(v: np.ndarray) -> np.ndarray:
+    """max - min over groups (last axis), ignoring undefined groups; NaN if fewer than 2."""
+    ok = np.isfinite(v)
+    with np.errstate(invalid="ignore"):
+        hi = np.where(ok, v, -np.inf).max(-1)
+        lo = np.where(ok, v, np.inf).min(-1)
+    return np.where(ok.sum(-1) >= 2, hi - lo, np.nan)
+
+
+def gaps(rates: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The five gap metrics over the groups on the last axis (already restricted to the
+    groups with sufficient data). Definitions follow fairlearn's between-groups metrics."""
+    sel = rates["selection_rate"]
+    ok = np.isfinite(sel)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        sel_max = np.where(ok, sel, -np.inf).max(-1)
+        sel_min = np.where(ok, sel, np.inf).min(-1)
+        ratio = np.where(ok.sum(-1) >= 2, sel_min / sel_max, np.nan)
+    tpr_gap, fpr_gap = _spread(rates["tpr"]), _spread(rates["fpr"])
+    return {
+        "demographic_parity_difference": _spread(sel),
+        "demographic_parity_ratio": ratio,
+        "equalized_odds_difference": np.fmax(tpr_gap, fpr_gap),
+        "equal_opportunity_difference": tpr_gap,
+        "accuracy_difference": _spread(rates["accuracy"]),
+    }
+
+
+def bootstrap_fairness(counts: np.ndarray, sufficient: np.ndarray, *, confidence: float,
+                       rng: np.random.Generator, n_resamples: int = COUNT_RESAMPLES,
+                       ) -> tuple[dict[str, tuple[float, float] | None], dict[str, list[tuple[float, float] | None]]]:
+    """CIs of the gaps (over `sufficient` groups) and of every per-group rate, from one
+    multinomial resampling of the (G, 2, 2) count table: cost independent of N."""
+    gap_draws: dict[str, list[np.ndarray]] = {}
+    rate_draws: dict[str, list[np.ndarray]] = {}
+    done = 0
+    while done < n_resamples:
+        b = min(_CHUNK, n_resamples - done)
+        rates = count_rates(resample_counts(counts, b, rng))
+        for k, v in gaps({r: rates[r][:, sufficient] for r in RATES}).items():
+            gap_draws.setdefault(k, []).append(v)
+        for r in RATES:
+            rate_draws.setdefault(r, []).append(rates[r])
+        done += b
+    gap_ci = {k: percentile_ci(np.concatenate(v), confidence) for k, v in gap_draws.items()}
+    rate_ci = {}
+    for r, chunks in rate_draws.items():
+        d = np.concatenate(chunks)
+        rate_ci[r] = [percentile_ci(d[:, g], confidence) for g in range(d.shape[1])]
+    return gap_ci, rate_ci
+
+
+def _size(y_true: Any, y_pred: Any, sample_weight: Any) -> float:
+    return float(np.sum(sample_weight))
+
+
+def _base_rate(y_true: Any, y_pred: Any, sample_weight: Any) -> float:
+    return float(np.average(y_true, weights=sample_weight))
+
+
+def metric_frame(groups: Groups, counts: np.ndarray) -> pd.DataFrame:
+    """fairlearn per-group point estimates, one row per group in `groups.keys` order.
+
+    MetricFrame is evaluated on the (G, 2, 2) count cells with the counts as sample
+    weights: every metric here is a function of those counts, so the result equals
+    MetricFrame on the N rows (the tests check it against fairlearn on rows) at a cost
+    independent of N (MetricFrame's per-row Python work takes minutes at 10^6 rows).
+    fairlearn reports TPR = 0 for a group without positives (and FPR = 0 without
+    negatives); those rates are undefined, so they become NaN here."""
+    g, t, p = np.nonzero(counts)
+    w = counts[g, t, p].astype(np.float64)
+    sw = {"sample_weight": w}
+    features = pd.DataFrame({a: [groups.keys[i][j] for i in g] for j, a in enumerate(groups.attrs)})
+    mf = MetricFrame(
+        metrics={"size": _size, "base_rate": _base_rate,
+                 "selection_rate": partial(selection_rate, pos_label=1),
+                 "tpr": partial(true_positive_rate, pos_label=1),
+                 "fpr": partial(false_positive_rate, pos_label=1),
+                 "accuracy": accuracy_score},
+        y_true=t, y_pred=p,
+        sensitive_features=features if len(groups.attrs) > 1 else features[groups.attrs[0]],
+        sample_params={name: sw for name in ("size", "base_rate", "selection_rate", "tpr", "fpr", "accuracy")})
+    by = mf.by_group
+    index = pd.MultiIndex.from_tuples(groups.keys) if len(groups.attrs) > 1 else [k[0] for k in groups.keys]
+    by = by.loc[index].astype(np.float64)  # drops the empty combinations MetricFrame lists as NaN
+    n_pos, n_neg = counts[:, 1, :].sum(1), counts[:, 0, :].sum(1)
+    by.loc[n_pos == 0, "tpr"] = np.nan
+    by.loc[n_neg == 0, "fpr"] = np.nan
+    return by.reset_index(drop=True)
+
+
+@register_check
+class GroupFairness(Check):
+    name = "fairness.group"
+    version = 1
+    requires = ("data", "sensitive")
+    summary = "Per-group selection, error and accuracy rates and the gaps between groups, with CIs."
+    metrics = {
+        "demographic_parity_difference": False,
+        "demographic_parity_ratio": True,
+        "equalized_odds_difference": False,
+        "equal_opportunity_difference": False,
+        "accuracy_difference": False,
+    }
+    descriptions = {
+        "demographic_parity_difference": "Largest minus smallest share of each group predicted positive (0 = every group is selected at the same rate).",
+        "demographic_parity_ratio": "Smallest over largest group selection rate (1 = parity; the 'four-fifths rule' asks for at least 0.8).",
+        "equalized_odds_difference": "The larger of the between-group gaps in true positive rate and in false positive rate (0 = equal error rates).",
+        "equal_opportunity_difference": "Largest minus smallest true positive rate: how much more often truly positive members of one group are recognised than another's.",
+        "accuracy_difference": "Largest minus smallest per-group accuracy.",
+    }
+    Params = GroupFairnessParams
+
+    @classmethod
+    def preflight(cls, ctx: Context, params: GroupFairnessParams) -> None:
+        ds = ctx.dataset(params.data)
+        groups = make_groups(ds, params.sensitive)
+        resolve_positive(ds.classes, params.positive_label)
+        _require_comparable(ds, groups, params)
+
+    def run(self, ctx: Context, params: GroupFairnessParams) -> Measurement:
+        ds = ctx.dataset(params.data)
+        groups = make_groups(ds, params.sensitive)
+        pos = resolve_positive(ds.classes, params.positive_label)
+        sufficient = _require_comparable(ds, groups, params)
+        y_bin = (ds.y == pos).astype(np.int64)
+        p_bin = (ctx.predictions(params.data) == pos).astype(np.int64)
+
+        counts = group_counts(groups.codes, y_bin, p_bin, len(groups.keys))
+        by = metric_frame(groups, counts)
+        point = gaps({r: by[r].to_numpy()[sufficient] for r in RATES})
+        rng = ctx.rng(f"{self.name}:{params.data}:{','.join(params.sensitive)}:{pos}")
+        gap_ci, rate_ci = bootstrap_fairness(counts, sufficient, confidence=params.confidence, rng=rng)
+        metrics = {k: Metric(float(point[k]), gap_ci[k]) for k in self.metrics}
+
+        return Measurement(metrics=metrics, evidence=self._evidence(ds, groups, pos, by, rate_ci, sufficient,
+                                                                    metrics, params))
+
+    # ---- evidence --------------------------------------------------------------------
+    def _evidence(self, ds: Dataset, groups: Groups, pos: int, by: pd.DataFrame,
+                  rate_ci: dict[str, list[tuple[float, float] | None]], sufficient: np.ndarray,
+                  metrics: dict[str, Metric], params: GroupFairnessParams) -> list[dict[str, Any]]:
+        pos_name = ds.classes[pos]
+        n_ins = int((~sufficient).sum())
+        rows = []
+        for g in range(len(groups.keys)):
+            status = "ok" if sufficient[g] else "insufficient"
+            rows.append([*groups.keys[g], int(by["size"][g]), status,
+                         *[cell(float(by[r][g]), rate_ci[r][g]) for r in RATES]])
+        group_table = table(
+            f"Per-group rates ({' x '.join(groups.attrs)}), positive class '{pos_name}'",
+            [*groups.attrs, "size", "data", "base rate", "selection rate", "TPR", "FPR", "accuracy"], rows,
+            note=(f"{params.confidence:.0%} bootstrap CIs. TPR is undefined (blank) for a group with no "
+                  f"true '{pos_name}', FPR for one with none other."
+                  + (f" {n_ins} group(s) with fewer than {params.min_group_size} samples are marked "
+                     "'insufficient' (not enough data) and kept out of the gaps." if n_ins else "")))
+
+        # Which groups set each gap: the reader's first question after the number itself.
+        idx = np.flatnonzero(sufficient)
+        extremes = []
+        for r, label in (("selection_rate", "selection rate"), ("tpr", "TPR"), ("fpr", "FPR"), ("accuracy", "accuracy")):
+            v = by[r].to_numpy()[idx]
+            if np.isfinite(v).sum() < 2:
+                continue
+            hi_g, lo_g = idx[np.nanargmax(v)], idx[np.nanargmin(v)]
+            extremes.append([label, groups.label(hi_g), cell(float(by[r][hi_g]), rate_ci[r][hi_g]),
+                             groups.label(lo_g), cell(float(by[r][lo_g]), rate_ci[r][lo_g])])
+        gap_table = table("Groups that set the gaps", ["rate", "highest group", "rate (CI)", "lowest group", "rate (CI)"],
+                          extremes, note=f"Among the {len(idx)} groups with at least {params.min_group_size} samples.")
+
+        from reports.plots_fairness import group_rates_svg
+
+        series = {}
+        for r, label in (("selection_rate", "selection rate"), ("tpr", "TPR"), ("fpr", "FPR")):
+            vals = by[r].to_numpy()
+            cis = rate_ci[r]
+            series[label] = (vals, [c[0] if c else np.nan for c in cis], [c[1] if c else np.nan for c in cis])
+        chart = figure("Per-group rates",
+                       group_rates_svg([groups.label(g) for g in range(len(groups.keys))], series,
+                                       insufficient=list(~sufficient),
+                                       title=f"Rates by {' x '.join(groups.attrs)} (positive: {_short(pos_name)})"),
+                       caption=f"Whiskers: {params.confidence:.0%} bootstrap CIs."
+                               + (" * insufficient data (faded), not in the gaps." if n_ins else ""))
+
+        ovr = (f" The task has {ds.n_classes} classes, so it is audited one-vs-rest: a sample is "
+               f"'positive' when its true class is '{pos_name}' and 'selected' when the model "
+               f"predicts '{pos_name}'." if ds.n_classes > 2 else "")
+        explain = text("How to read this", (
+            f"Positive (favourable) class: '{pos_name}'.{ovr} Groups: "
+            f"{len(groups.keys)} observed value combination(s) of {', '.join(groups.attrs)} in "
+            f"dataset '{ds.name}' ({len(ds)} rows); {int(sufficient.sum())} have at least "
+            f"{params.min_group_size} samples and enter the gaps. "
+            "Demographic parity difference: gap in the share predicted positive. "
+            "Demographic parity ratio: lowest over highest selection rate. "
+            "Equal opportunity difference: gap in true positive rate. "
+            "Equalized odds difference: the larger of the TPR and FPR gaps. "
+            "Accuracy difference: gap in per-group accuracy. "
+            "Confidence intervals resample the group x label x prediction counts "
+            f"({COUNT_RESAMPLES} multinomial resamples), so a gap measured on few samples gets a wide "
+            "interval and an inconclusive verdict rather than a pass."))
+        return [explain, gap_table, group_table, chart]
+
+
+def _short(s: str, n: int = 20) -> str:
+    return s if len(s) <= n else s[: n - 1] + "…"
+
+
+def _require_comparable(ds: Dataset, groups: Groups, params: GroupFairnessParams) -> np.ndarray:
+    """Mask of groups with enough data; a clear DataError when fewer than two qualify."""
+    sizes = np.bincount(groups.codes, minlength=len(groups.keys))
+    sufficient = sizes >= params.min_group_size
+    what = " x ".join(params.sensitive)
+    if len(groups.keys) < 2:
+        only = groups.label(0) if groups.keys else "nothing"
+        raise DataError(f"sensitive attribute(s) {what} take a single value ('{only}') in dataset "
+                        f"'{ds.name}': there are no groups to compare")
+    if sufficient.sum() < 2:
+        listing = ", ".join(f"{groups.label(g)}: {int(s)}" for g, s in enumerate(sizes))
+        raise DataError(f"fewer than two groups of {what} in dataset '{ds.name}' have at least "
+                        f"min_group_size={params.min_group_size} samples ({listing}); lower "
+                        "min_group_size or use fewer attributes")
+    return sufficient
