@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+
 SPEC = """\
 name: plugin test
 model: {fixture: digits-cnn}
@@ -17,9 +18,11 @@ checks:
 """
 
 
-def test_one_item_per_check_and_threshold_table(pytester: pytest.Pytester) -> None:
+# Subprocess runs: in-process runs restore sys.modules, which breaks numpy/matplotlib reimports.
+# The session's digits_cnn fixture fills the shared model cache (AUDIT_CACHE_DIR) first.
+def test_one_item_per_check_and_threshold_table(pytester: pytest.Pytester, digits_cnn) -> None:
     pytester.makefile(".yaml", audit_x=SPEC)
-    result = pytester.runpytest_inprocess("audit_x.yaml", "-p", "no:cacheprovider", "-v")
+    result = pytester.runpytest_subprocess("audit_x.yaml", "-p", "no:cacheprovider", "-v")
     result.assert_outcomes(passed=2, failed=1)
     result.stdout.fnmatch_lines([
         "*audit_x.yaml::heldout PASSED*",
@@ -31,7 +34,7 @@ def test_one_item_per_check_and_threshold_table(pytester: pytest.Pytester) -> No
     assert "f1_macro" in out
 
 
-def test_audit_spec_option_and_fixtures(pytester: pytest.Pytester) -> None:
+def test_audit_spec_option_and_fixtures(pytester: pytest.Pytester, digits_cnn) -> None:
     pytester.makefile(".yaml", myspec=SPEC)  # not audit*.yaml: only --audit-spec collects it
     pytester.makepyfile(test_own="""
         def test_own(audit_context, audit_model, audit_data):
@@ -39,7 +42,7 @@ def test_audit_spec_option_and_fixtures(pytester: pytest.Pytester) -> None:
             assert len(ds) == len(audit_context.predictions("test"))
             assert audit_model.sha256
     """)
-    result = pytester.runpytest_inprocess("--audit-spec", "myspec.yaml", "test_own.py",
+    result = pytester.runpytest_subprocess("--audit-spec", "myspec.yaml", "test_own.py",
                                           "--audit-report", "rep", "-p", "no:cacheprovider")
     result.assert_outcomes(passed=3, failed=1)
     assert (pytester.path / "rep" / "results.json").exists()
