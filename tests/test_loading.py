@@ -15,7 +15,7 @@ from PIL import Image
 
 from audit.context import Context
 from audit.dataset import LoadedModel
-from audit.errors import DataError, ModelError
+from audit.errors import DataError, ModelError, SpecError
 from audit.loading import file_sha256
 from audit.spec import parse_spec
 from audit.zoo.cnn import CNN
@@ -254,8 +254,9 @@ def test_derived_domain_is_seeded_and_keeps_labels(tmp_path: Path) -> None:
     assert not np.allclose(rot.x, a.dataset("test").x)
     np.testing.assert_array_equal(rot.x, b.dataset("rotated").x)
     bad = {"wobbly": {"from": "test", "transform": "rotat"}}
-    with pytest.raises(DataError, match="dataset 'wobbly': unknown transform 'rotat'.*Did you mean 'rotate'"):
-        make_ctx(tmp_path, data, domains=bad).dataset("wobbly")
+    # caught when the spec is parsed, before anything loads
+    with pytest.raises(SpecError, match="data.domains.wobbly.transform: unknown transform 'rotat'.*Did you mean 'rotate'"):
+        make_ctx(tmp_path, data, domains=bad)
 
 
 # ---- models ---------------------------------------------------------------------------
