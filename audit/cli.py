@@ -108,10 +108,12 @@ def progress_reporter(quiet: bool) -> Iterator[Callable[[str, int, int], None] |
                   console=err, transient=True) as bar:
         tasks: dict[str, Any] = {}
 
-        def update(what: str, done: int, total: int) -> None:
+        def update(what: str, done: int, total: int, detail: str | None = None) -> None:
+            # `detail` (e.g. training's per-epoch loss and metric) trails the description
             if what not in tasks:
                 tasks[what] = bar.add_task(what, total=total)
-            bar.update(tasks[what], completed=done, total=total)
+            bar.update(tasks[what], completed=done, total=total,
+                       description=f"{what} · {detail}" if detail else what)
 
         yield update
 

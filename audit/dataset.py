@@ -77,9 +77,11 @@ class LoadedModel:
         trainable = sum(p.numel() for p in self.module.parameters() if p.requires_grad)
         layers = []
         for name, mod in self.module.named_modules():
-            if name and not list(mod.children()):
-                n = sum(p.numel() for p in mod.parameters(recurse=False))
-                layers.append({"name": name, "type": type(mod).__name__, "params": n})
+            n = sum(p.numel() for p in mod.parameters(recurse=False))
+            # leaves, plus containers that hold parameters of their own (attention in-projections,
+            # a ViT's position embeddings), so that the layer table adds up to `params`
+            if (name and not list(mod.children())) or n:
+                layers.append({"name": name or "(top level)", "type": type(mod).__name__, "params": n})
         return {"architecture": self.architecture, "source": self.source, "sha256": self.sha256,
                 "params": params, "trainable_params": trainable, "layers": layers,
                 "input_range": list(self.input_range) if self.input_range else None}

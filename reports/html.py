@@ -596,8 +596,11 @@ def _training_view(training: Mapping[str, Any] | None, figs: _Figures) -> dict[s
                            for k, label in (("train_loss", "training loss"), ("val_loss", "validation loss"))
                            if any(_is_num(e.get(k)) for e in epochs)}
             metric_name = recipe.get("metric") if isinstance(recipe, Mapping) else None
-            metric_series = {f"validation {metric_name or 'metric'}": (xs, [e.get("val_metric") for e in epochs])} \
-                if any(_is_num(e.get("val_metric")) for e in epochs) else {}
+            # the validation metric per epoch: `val_metric`, or `val_<recipe.metric>` (val_accuracy)
+            metric_key = next((k for k in ("val_metric", f"val_{metric_name}")
+                               if any(_is_num(e.get(k)) for e in epochs)), "val_metric")
+            metric_series = {f"validation {metric_name or 'metric'}": (xs, [e.get(metric_key) for e in epochs])} \
+                if any(_is_num(e.get(metric_key)) for e in epochs) else {}
             mark = float(best) if _is_num(best) else None
             for title, ylabel, series in (("Loss per epoch", "loss", loss_series),
                                           ("Validation metric per epoch", str(metric_name or "metric"), metric_series)):

@@ -1,0 +1,174 @@
+"""Text: the word tokenizer, the generated `reviews` fixture, the `text-transformer`
+reference model audited end to end (in-domain accuracy, drop on the other domain), and a
+tiny Hugging Face model loaded offline from a local folder."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from sklearn.metrics import accuracy_score
+
+from audit.errors import ModelError
+from audit.runner import run_audit
+from audit.spec import load_spec
+from audit.text import PAD_ID, UNK_ID, WordTokenizer, split_words
+from fixtures.text import SPLITS, generate, load_reviews, tokenizer
+
+
+def test_word_tokenizer_roundtrip() -> None:
+    tok = WordTokenizer.build(["The plot was dull.", "the ENDING was great", "great great"], max_len=5)
+    assert tok.vocab[:3] == ("<pad>", "<unk>", "great")  # most frequent first, ties alphabetical
+    assert tok.vocab[3:5] == ("the", "was")
+    ids = tok.encode(["the plot was superb . truly", ""])
+    assert ids.dtype == np.int64 and ids.shape == (2, 5)
+    assert tok.decode(ids[0]) == ["the", "plot", "was", "<unk>", "."]  # truncated to 5
+    assert ids[0, 3] == UNK_ID and (ids[1] == PAD_ID).all()
+    assert WordTokenizer.from_json(tok.to_json()) == tok
+    assert split_words("It's well-written!") == ["it's", "well-written", "!"]
+    with pytest.raises(ValueError):
+        WordTokenizer(vocab=("a", "b"), max_len=3)
+
+
+def test_reviews_fixture_is_deterministic_and_shares_one_vocabulary() -> None:
+    from fixtures.datasets import load_fixture_dataset
+
+    a, b = load_reviews("train"), load_fixture_dataset("reviews", "train")
+    assert np.array_equal(a.x, b.x) and np.array_equal(a.y, b.y) and a.meta["texts"] == b.meta["texts"]
+    assert a.kind == "text" and a.x.dtype == np.int64 and a.classes == ["negative", "positive"]
+    texts, y = generate("books", 50, seed=7)
+    assert (texts, y.tolist()) == (generate("books", 50, seed=7)[0], generate("books", 50, seed=7)[1].tolist())
+    for split, (domain, n) in SPLITS.items():
+        ds = load_reviews(split)
+        assert len(ds) == n and np.bincount(ds.y).tolist() == [n // 2, n // 2]
+        assert ds.meta["tokenizer"] == tokenizer().to_json() and ds.meta["domain"] == domain
+        assert np.array_equal(ds.x, tokenizer().encode(ds.meta["texts"]))
+        assert (ds.x[:, 0] != PAD_ID).all()  # no empty review
+    # the other domain's sentiment vocabulary is unknown to the books tokenizer
+    unk = {s: float((x == UNK_ID).sum() / (x != PAD_ID).sum()) for s, x in
+           (("test", load_reviews("test").x), ("test-electronics", load_reviews("test-electronics").x))}
+    assert unk["test"] == 0.0 and unk["test-electronics"] > 0.15
+
+
+REVIEWS_SPEC = """\
+name: Text Transformer audit
+seed: 0
+device: cpu
+model: {fixture: text-transformer}
+data:
+  train: {fixture: reviews, split: train}
+  test: {fixture: reviews, split: test}
+  domains:
+    electronics: {fixture: reviews, split: test-electronics}
+checks:
+  - {id: heldout, check: performance.classification, thresholds: {accuracy: {min: 0.85}}}
+  - {id: domains, check: shift.domain, thresholds: {max_drop: {max: 0.05}}}
+  - {id: repro, check: training.reproducibility, thresholds: {prediction_agreement: {min: 0.99}}}
+  - {id: int8, check: efficiency.quantization, repeats: 5}
+"""
+
+
+@pytest.fixture(scope="module")
+def reviews_audit(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    path = tmp_path_factory.mktemp("reviews") / "audit_reviews.yaml"
+    path.write_text(REVIEWS_SPEC)
+    return run_audit(load_spec(path)).to_json()
+
+
+def _check(results: dict, cid: str) -> dict:
+    return next(c for c in results["checks"] if c["id"] == cid)
+
+
+def test_text_transformer_in_domain_accuracy_and_domain_drop(reviews_audit: dict, audit_cache_dir: Path) -> None:
+    from fixtures.models import accuracy, load_fixture_model
+
+    heldout = _check(reviews_audit, "heldout")
+    acc = heldout["metrics"]["accuracy"]
+    assert heldout["status"] == "pass" and acc["ci"][0] >= 0.85, heldout["message"]
+    # the drop on electronics reviews is large and certain: shift.domain fails its limit
+    domains = _check(reviews_audit, "domains")
+    drop = domains["metrics"]["max_drop"]
+    assert domains["status"] == "fail" and drop["value"] > 0.15 and drop["ci"][0] > 0.1
+    model = load_fixture_model("text-transformer")
+    acc_in, acc_out = accuracy(model.module, load_reviews("test")), accuracy(model.module, load_reviews("test-electronics"))
+    assert acc["value"] == pytest.approx(acc_in)
+    assert drop["value"] == pytest.approx(acc_in - acc_out)
+    assert _check(reviews_audit, "repro")["status"] == "pass"
+    int8 = _check(reviews_audit, "int8")
+    assert int8["status"] == "pass" and abs(int8["metrics"]["accuracy_drop"]["value"]) < 0.05
+    assert reviews_audit["model"]["architecture"] == "text_transformer"
+
+
+# ---- Hugging Face ---------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def tiny_bert(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random BERT classifier and a word-piece vocabulary, written like any local
+    Hugging Face model folder (config.json, model.safetensors, tokenizer files)."""
+    tf = pytest.importorskip("transformers")
+    folder = tmp_path_factory.mktemp("tiny-bert")
+    words = [w for w in tokenizer().vocab[2:] if w.isalpha()]
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *words]
+    (folder / "vocab.txt").write_text("\n".join(vocab) + "\n")
+    tf.BertTokenizer(vocab=str(folder / "vocab.txt")).save_pretrained(folder)
+    config = tf.BertConfig(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                           intermediate_size=64, max_position_embeddings=128, num_labels=2,
+                           id2label={0: "negative", 1: "positive"}, label2id={"negative": 0, "positive": 1})
+    torch.manual_seed(0)
+    tf.BertForSequenceClassification(config).eval().save_pretrained(folder)
+    return folder
+
+
+def test_hf_model_loads_offline_and_matches_transformers(tiny_bert: Path, tmp_path: Path) -> None:
+    import transformers as tf
+
+    spec = tmp_path / "audit_hf.yaml"
+    spec.write_text(f"""\
+name: HF audit
+device: cpu
+model: {{path: {tiny_bert}}}
+data:
+  test: {{fixture: reviews, split: test}}
+checks:
+  - {{id: heldout, check: performance.classification}}
+  - {{id: repro, check: training.reproducibility, n_samples: 64, thresholds: {{prediction_agreement: {{min: 0.99}}}}}}
+""")
+    from audit.runner import Runner
+
+    runner = Runner(load_spec(spec))
+    runner.prepare()
+    ctx = runner.ctx
+    assert ctx.model.classes == ["negative", "positive"] and "Hugging Face" in ctx.model.source
+    ds = ctx.dataset("test")
+    # the text was re-encoded with the model's own tokenizer: [CLS] ... [SEP], padded with [PAD]
+    assert ds.meta["tokenizer"]["type"] == "hf" and ds.x.dtype == np.int64
+    ref_tok = tf.AutoTokenizer.from_pretrained(str(tiny_bert), local_files_only=True)
+    enc = ref_tok(ds.meta["texts"][:8], padding="max_length", max_length=ds.x.shape[1], return_tensors="pt")
+    assert np.array_equal(ds.x[:8], enc["input_ids"].numpy())
+    # the wrapped model gives transformers' own logits
+    ref = tf.AutoModelForSequenceClassification.from_pretrained(str(tiny_bert), local_files_only=True).eval()
+    with torch.inference_mode():
+        expected = ref(**enc).logits.numpy()
+    assert np.allclose(ctx.logits("test")[:8], expected, atol=1e-5)
+    for entry in runner.spec.checks:
+        runner.run_check(entry)
+    results = runner.finish().to_json()
+    heldout = _check(results, "heldout")
+    assert heldout["status"] == "pass"
+    assert heldout["metrics"]["accuracy"]["value"] == pytest.approx(
+        accuracy_score(ds.y, ctx.logits("test").argmax(1)))
+    assert _check(results, "repro")["status"] == "pass"
+    assert results["provenance"]["model_sha256"] == ctx.model.sha256 and len(ctx.model.sha256) == 64
+    assert "BertForSequenceClassification" in results["model"]["architecture"]
+
+
+def test_hf_without_transformers_is_a_clear_error(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    from audit import hf
+
+    monkeypatch.setitem(sys.modules, "transformers", None)
+    with pytest.raises(ModelError, match=r"audit-suite\[hf\]"):
+        hf._transformers()
+    (tmp_path / "config.json").write_text("{}")
+    assert hf.is_hf_model_dir(tmp_path) and not hf.is_hf_model_dir(tmp_path / "config.json")
