@@ -78,8 +78,7 @@ class Context:
         ctx = cls(spec)
         ctx._datasets = dict(datasets)
         model.module.to(ctx.device).eval()
-        for p in model.module.parameters():
-            p.requires_grad_(False)
+        _freeze(model)
         ctx._model = model
         return ctx
 
@@ -109,8 +108,7 @@ class Context:
             t0 = time.perf_counter()
             loaded = load_model(self)
             loaded.module.to(self.device).eval()
-            for p in loaded.module.parameters():
-                p.requires_grad_(False)  # attacks and attributions take input gradients only
+            _freeze(loaded)
             self._model = loaded
             self.timings["load:model"] = time.perf_counter() - t0
         return self._model
@@ -204,3 +202,11 @@ class Context:
 
     def describe(self) -> dict[str, Any]:
         return {"device": str(self.device), "seed": self.seed, "batch_size": self.batch_size}
+
+
+def _freeze(model: LoadedModel) -> None:
+    """Attacks and attributions take input gradients only: no weight gradients."""
+    if model.trainable_params is None:
+        model.trainable_params = sum(p.numel() for p in model.module.parameters() if p.requires_grad)
+    for p in model.module.parameters():
+        p.requires_grad_(False)

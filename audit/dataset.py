@@ -71,10 +71,14 @@ class LoadedModel:
     training: dict[str, Any] | None = None  # training record when the audit trained it
     # Rebuilds the same architecture with fresh weights (randomization tests, retraining).
     factory: Any = None
+    # Counted when loaded: the context later freezes every weight for input-only gradients.
+    trainable_params: int | None = None
 
     def card(self) -> dict[str, Any]:
         params = sum(p.numel() for p in self.module.parameters())
-        trainable = sum(p.numel() for p in self.module.parameters() if p.requires_grad)
+        trainable = self.trainable_params
+        if trainable is None:
+            trainable = sum(p.numel() for p in self.module.parameters() if p.requires_grad)
         layers = []
         for name, mod in self.module.named_modules():
             n = sum(p.numel() for p in mod.parameters(recurse=False))

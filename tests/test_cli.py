@@ -65,6 +65,8 @@ def test_demo_writes_complete_report(demo_out: Path) -> None:
     prov = results["provenance"]
     assert len(prov["spec_sha256"]) == 64 and len(prov["model_sha256"]) == 64
     assert prov["compute"]["forward_samples"] > 0
+    # the card counts trainable weights as loaded, not as frozen for the audit's input gradients
+    assert results["model"]["trainable_params"] == results["model"]["params"] > 0
     html = (demo_out / "report.html").read_text()
     assert "<style" in html and 'src="http' not in html and "<link" not in html
     pdf = (demo_out / "report.pdf").read_bytes()
