@@ -26,6 +26,7 @@ from typing import Any
 import matplotlib
 import numpy as np
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 __all__ = [
     "PALETTE",
@@ -269,6 +270,9 @@ def line_chart_svg(series: Mapping[str, Sequence[Any]], xlabel: str = "", ylabel
             ax.axvline(float(mark_x), ls=":", color="#57606a", lw=1, label=mark_label)
         if xlog:
             ax.set_xscale("log")
+        elif all(np.allclose(_arr(d[0]), np.round(_arr(d[0]))) for d in series.values()):
+            # integer x (epochs, severities): no fractional ticks such as "epoch 1.5"
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         if ylim is not None:
             ax.set_ylim(*ylim)
         ax.set_xlabel(xlabel)
