@@ -15,7 +15,7 @@ Intervals are percentile intervals; resamples where the statistic is undefined
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
@@ -67,17 +67,29 @@ def bootstrap_counts(
     return Metric(value, percentile_ci(draws, confidence))
 
 
-def resample_weights(n: int, n_resamples: int, rng: np.random.Generator):
-    """Yield chunks of (b, n) float32 multinomial resampling weights (each row sums to n)."""
+def resample_weights(n: int, n_resamples: int, rng: np.random.Generator,
+                     strata: Sequence[int] | None = None):
+    """Yield chunks of (b, n) float32 multinomial resampling weights (each row sums to n).
+
+    With `strata` (sizes adding up to n, rows ordered by stratum), each stratum is
+    resampled on its own, so every resample keeps the design's group sizes (e.g. a
+    balanced members / non-members sample)."""
+    sizes = list(strata) if strata is not None else [n]
+    if sum(sizes) != n or min(sizes) < 1:
+        raise ValueError(f"strata sizes {sizes} must be positive and add up to n={n}")
     chunk = max(1, min(n_resamples, _CHUNK_ELEMENTS // max(n, 1)))
     done = 0
     while done < n_resamples:
         b = min(chunk, n_resamples - done)
-        # Counts of n uniform index draws are a multinomial(n, 1/n) row; bincount is ~6x
-        # faster than rng.multinomial, which draws one binomial per category.
-        idx = rng.integers(0, n, size=(b, n)) + (np.arange(b) * n)[:, None]
-        yield np.bincount(idx.ravel(), minlength=b * n).reshape(b, n).astype(np.float32)
+        yield np.concatenate([_uniform_counts(m, b, rng) for m in sizes], axis=1).astype(np.float32)
         done += b
+
+
+def _uniform_counts(n: int, b: int, rng: np.random.Generator) -> np.ndarray:
+    # Counts of n uniform index draws are a multinomial(n, 1/n) row; bincount is ~6x
+    # faster than rng.multinomial, which draws one binomial per category.
+    idx = rng.integers(0, n, size=(b, n)) + (np.arange(b) * n)[:, None]
+    return np.bincount(idx.ravel(), minlength=b * n).reshape(b, n)
 
 
 def bootstrap_weighted(

@@ -134,3 +134,15 @@ def test_shared_count_bootstrap_matches_bootstrap_counts(k: int) -> None:
     recall = recall_score(y, pred, average=None, labels=np.arange(k))
     for c in range(0, k, max(1, k // 10)):
         assert recall_ci[c][0] <= recall[c] <= recall_ci[c][1]
+
+
+def test_stratified_weights_keep_each_stratum_size() -> None:
+    rng = np.random.default_rng(0)
+    chunks = list(stats.resample_weights(50, 300, rng, strata=[20, 30]))
+    w = np.concatenate(chunks)
+    assert w.shape == (300, 50)
+    np.testing.assert_array_equal(w[:, :20].sum(axis=1), 20)
+    np.testing.assert_array_equal(w[:, 20:].sum(axis=1), 30)
+    assert w[:, :20].std() > 0  # actually resampled, not all ones
+    with pytest.raises(ValueError):
+        next(stats.resample_weights(50, 10, rng, strata=[20, 20]))

@@ -10,7 +10,6 @@ the context's cached probabilities: no extra forward passes.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any, Literal
 
 import numpy as np
@@ -21,9 +20,7 @@ from audit.check import Check, Measurement, Metric, Params, figure, table, text
 from audit.context import Context
 from audit.errors import SkipCheck
 from audit.registry import register_check
-from audit.stats import WEIGHT_RESAMPLES, percentile_ci
-
-_CHUNK_ELEMENTS = 4_000_000  # weight-matrix elements per resample chunk (~16 MB float32)
+from audit.stats import WEIGHT_RESAMPLES, percentile_ci, resample_weights
 
 
 class MIAParams(Params):
@@ -54,20 +51,6 @@ def weighted_auc_advantage(scores: np.ndarray, members: np.ndarray, w: np.ndarra
         auc = (wn * (tp - wp + 0.5 * wp)).sum(1) / (p_tot * n_tot)
         adv = np.maximum((tp / p_tot[:, None] - fp / n_tot[:, None]).max(1), 0.0)
     return auc, adv
-
-
-def stratified_weights(n_members: int, n_non: int, n_resamples: int, rng: np.random.Generator) -> Iterator[np.ndarray]:
-    """Chunks of (b, n_members + n_non) weights resampling members and non-members
-    separately, so that every resample keeps the balanced design."""
-    n = n_members + n_non
-    chunk = max(1, min(n_resamples, _CHUNK_ELEMENTS // n))
-    done = 0
-    while done < n_resamples:
-        b = min(chunk, n_resamples - done)
-        wm = rng.multinomial(n_members, np.full(n_members, 1.0 / n_members), size=b)
-        wn = rng.multinomial(n_non, np.full(n_non, 1.0 / n_non), size=b)
-        yield np.concatenate([wm, wn], axis=1).astype(np.float32)
-        done += b
 
 
 @register_check
@@ -107,7 +90,7 @@ class MembershipInference(Check):
         fpr, tpr, _ = roc_curve(members, scores)
         adv = float(max(0.0, (tpr - fpr).max()))
         aucs, advs = [], []
-        for w in stratified_weights(n, n, WEIGHT_RESAMPLES, rng):
+        for w in resample_weights(2 * n, WEIGHT_RESAMPLES, rng, strata=[n, n]):  # keeps the balance
             a, d = weighted_auc_advantage(scores, members, w)
             aucs.append(a)
             advs.append(d)
