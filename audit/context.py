@@ -4,6 +4,7 @@ forward pass per sample. It counts every sample the model was run on."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import time
 from collections.abc import Callable
@@ -24,6 +25,24 @@ def resolve_device(name: str) -> torch.device:
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ModelError(f"device '{name}' requested but CUDA is not available", where="device")
     return dev
+
+
+def predict_logits(module: torch.nn.Module, x: np.ndarray | torch.Tensor, device: torch.device | str = "cpu",
+                   batch_size: int = 256, *, autocast: Any = None,
+                   progress: Callable[[int, int], None] | None = None) -> np.ndarray:
+    """Batched float32 logits (N, K) of `module` on `x` under inference mode. Outputs stay
+    on the device until one host transfer at the end: no sync inside the loop."""
+    device = torch.device(device)
+    n = int(x.shape[0])
+    outs: list[torch.Tensor] = []
+    with torch.inference_mode(), (autocast or contextlib.nullcontext()):
+        for start in range(0, n, batch_size):
+            xb = torch.as_tensor(x[start:start + batch_size]).to(device, non_blocking=True)
+            outs.append(module(xb).float())
+            if progress:
+                progress(min(start + batch_size, n), n)
+    out = torch.cat(outs).cpu().numpy() if outs else np.zeros((0, 1), np.float32)
+    return out[:, None] if out.ndim == 1 else out
 
 
 def logits_to_proba(logits: np.ndarray) -> np.ndarray:
@@ -130,20 +149,10 @@ class Context:
     def infer(self, x: np.ndarray | torch.Tensor, *, what: str = "inference") -> np.ndarray:
         """Batched logits for an arbitrary input array, float32 (N, K). Not cached: use
         `logits(name)` or `cached_logits(key, ...)` for data that other checks may reuse."""
-        module = self.model.module
-        n = int(x.shape[0])
-        outs: list[torch.Tensor] = []
-        with torch.inference_mode(), self._autocast():
-            for start in range(0, n, self.batch_size):
-                xb = torch.as_tensor(x[start:start + self.batch_size]).to(self.device, non_blocking=True)
-                outs.append(module(xb).float())
-                if self.progress:
-                    self.progress(what, min(start + self.batch_size, n), n)
-        self.forward_samples += n
-        # One host transfer at the end: no sync inside the loop.
-        out = torch.cat(outs).cpu().numpy() if outs else np.zeros((0, 1), np.float32)
-        if out.ndim == 1:
-            out = out[:, None]
+        progress = (lambda done, total: self.progress(what, done, total)) if self.progress else None
+        out = predict_logits(self.model.module, x, self.device, self.batch_size,
+                             autocast=self._autocast(), progress=progress)
+        self.forward_samples += int(x.shape[0])
         return out
 
     def cached_logits(self, key: str, make_input: Callable[[], np.ndarray]) -> np.ndarray:

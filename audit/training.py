@@ -426,17 +426,3 @@ def load_saved(path: str | Path, device: torch.device | str = "cpu") -> LoadedMo
                          architecture=recipe["architecture"], input_range=tuple(ir) if ir else None,
                          classes=recipe.get("classes"), training=recipe.get("training"), factory=factory)
     return loaded
-
-
-# ---- inference with a module other than the context's ---------------------------------------
-def predict_logits(module: torch.nn.Module, x: np.ndarray, device: torch.device | str = "cpu",
-                   batch_size: int = 256, autocast: contextlib.AbstractContextManager | None = None) -> np.ndarray:
-    """Batched float32 logits (N, K) of `module` on `x`; one host transfer at the end."""
-    device = torch.device(device)
-    outs = []
-    with torch.inference_mode(), (autocast or contextlib.nullcontext()):
-        for start in range(0, len(x), batch_size):
-            xb = torch.as_tensor(x[start:start + batch_size]).to(device, non_blocking=True)
-            outs.append(module(xb).float())
-    out = torch.cat(outs).cpu().numpy() if outs else np.zeros((0, 1), np.float32)
-    return out[:, None] if out.ndim == 1 else out

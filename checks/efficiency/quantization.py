@@ -101,7 +101,7 @@ def _agreement(c: np.ndarray) -> np.ndarray:
 
 
 def _predict(module: nn.Module, x: np.ndarray, batch_size: int) -> np.ndarray:
-    from audit.training import predict_logits
+    from audit.context import predict_logits
 
     return logits_to_proba(predict_logits(module, x, "cpu", batch_size)).argmax(axis=1)
 

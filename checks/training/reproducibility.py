@@ -104,7 +104,8 @@ class Reproducibility(Check):
         return Measurement(metrics=metrics, evidence=evidence)
 
     def _retrain(self, ctx, params: ReproducibilityParams, rng: np.random.Generator):
-        from audit.training import predict_logits, retrain
+        from audit.context import predict_logits
+        from audit.training import retrain
 
         ds = ctx.dataset(params.data)
         original = ctx.model
