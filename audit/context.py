@@ -164,7 +164,13 @@ class Context:
     def logits(self, name: str) -> np.ndarray:
         if name not in self._logits:
             ds = self.dataset(name)
-            out = self.infer(ds.x, what=f"predict {name}")
+            try:
+                out = self.infer(ds.x, what=f"predict {name}")
+            except (RuntimeError, ValueError, IndexError, TypeError) as exc:
+                # a shape or dtype mismatch surfaces in the first batch: one clear message
+                first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+                raise ModelError(f"the model cannot take dataset '{name}' (input shape "
+                                 f"{tuple(ds.x.shape[1:])}, dtype {ds.x.dtype}): {first}") from None
             self._validate_output(ds, out)
             self._logits[name] = out
         return self._logits[name]
@@ -193,18 +199,9 @@ class Context:
                              f"has {expected} classes ({', '.join(ds.classes[:10])})")
 
     def preflight(self, name: str) -> None:
-        """Run one small batch to turn a shape mismatch into a clear error before any check."""
-        ds = self.dataset(name)
-        x = torch.as_tensor(ds.x[: min(2, len(ds))]).to(self.device)
-        try:
-            with torch.inference_mode():
-                out = self.model.module(x).float()
-        except (RuntimeError, ValueError, IndexError, TypeError) as exc:
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise ModelError(f"the model cannot take dataset '{name}' (input shape "
-                             f"{tuple(ds.x.shape[1:])}, dtype {ds.x.dtype}): {first}") from None
-        out = out.cpu().numpy()
-        self._validate_output(ds, out.reshape(out.shape[0], -1))
+        """Turn a shape mismatch or bad outputs into a clear error before any check runs.
+        It is the same cached pass the checks share, so nothing is computed twice."""
+        self.logits(name)
 
     def compute(self) -> dict[str, int]:
         return {"forward_samples": self.forward_samples, "backward_samples": self.backward_samples}
