@@ -1,20 +1,44 @@
-"""The Check contract: a check measures, it never judges, loads files or renders.
+"""The Check contract, in one place: a check measures; it never judges, loads files or
+renders. Everything a check may declare or override is here, with its default.
 
-A check is a class with `name`, `version`, `requires`, `metrics` (name -> higher is
-better?), `descriptions` (name -> one sentence for the report) and a pydantic
-`Params` model. `run(ctx, params)` returns a `Measurement`.
+    @register_check
+    class MyCheck(Check):
+        name = "family.thing"                 # dotted lowercase id, unique
+        version = 1                           # bump when numbers can change
+        area = "evaluation"                   # report section: a key of audit.results.AREAS
+        requires = ("data",)                  # see REQUIREMENTS; a missing one -> skipped
+        summary = "One line for `audit checks` and the report."
+        metrics = {"accuracy": higher("Share of correct predictions.", proportion=True)}
+        Params = MyParams                     # a Params subclass: typed, validated at spec load
 
-Evidence is data, one of:
+        def run(self, ctx, params) -> Measurement: ...
+
+Optional hooks (classmethods, all no-ops by default):
+  `validate_params(params, spec)`  spec-level rules that need no data; raise ValueError.
+  `preflight(ctx, params)`         cheap checks on loaded data before any check runs;
+                                   raise an AuditInputError (exit 2) naming the problem.
+
+A check runs every model only through the Context (`ctx.logits`, `ctx.run_model`,
+`ctx.forward`, ...), which counts each pass. Evidence is data (see below); the report
+decides how to draw it.
+
+Evidence items (built with the constructors at the end of this module):
   {"type": "table", "title": str, "columns": [str], "rows": [[cell]], "note": str?}
-  {"type": "figure", "title": str, "svg": str, "caption": str?}
+      cells are JSON scalars or {"value": v, "ci": [lo, hi] | null}
   {"type": "text", "title": str, "text": str}
-  {"type": "flags", "title": str, "flags": [{"flag": str, "detail": str}]}
-Table cells are JSON scalars; a cell may also be {"value": v, "ci": [lo, hi]}.
+  {"type": "chart", "chart": kind, "title": str, "data": {...}, "caption": str?}
+      `kind` names a renderer of the report (reports/charts.py); `data` holds its
+      keyword arguments as JSON (numbers, strings, nested lists)
+  {"type": "figure", "title": str, "svg": str, "caption": str?}
+      a ready-made SVG, for third-party checks; the report sanitizes it
+Sanity flags (e.g. gradient masking) are not evidence: they are `Measurement.flags`,
+and any flag caps the check's status at `warn`.
 """
 
 from __future__ import annotations
 
 import abc
+import math
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -22,16 +46,52 @@ from pydantic import BaseModel, ConfigDict, Field
 
 if TYPE_CHECKING:
     from audit.context import Context
+    from audit.spec import AuditSpec
+
+DEFAULT_CONFIDENCE = 0.95
+
+# What a check may list in `requires`. "data" is the entry's dataset (always there);
+# the others are checked by the runner, which skips the check with the reason.
+REQUIREMENTS = ("data", "train", "domains", "sensitive", "image", "tabular", "text", "gradients")
 
 
 class Params(BaseModel):
-    """Base of every check's parameters. `data` and `confidence` come from the
-    check entry's reserved keys; the rest are the check's own (unknown ones are errors)."""
+    """Base of every check's parameters. `data` and `confidence` come from the check
+    entry's reserved keys; the rest are the check's own (unknown ones are errors)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     data: str = "test"
-    confidence: float = Field(0.95, gt=0.5, lt=1.0)
+    confidence: float = Field(DEFAULT_CONFIDENCE, gt=0.5, lt=1.0)
+
+
+@dataclass(frozen=True)
+class MetricSpec:
+    """What a metric means: one record per metric of a check."""
+
+    higher_is_better: bool
+    description: str
+    unit: str = ""
+    # the values the metric can take; a threshold outside them is a spec error
+    bounds: tuple[float | None, float | None] = (None, None)
+    # a share of samples: gets an exact (score) interval and a sample-size rule
+    proportion: bool = False
+
+    def to_json(self) -> dict[str, Any]:
+        return {"higher_is_better": self.higher_is_better, "description": self.description,
+                "unit": self.unit, "bounds": list(self.bounds), "proportion": self.proportion}
+
+
+def higher(description: str, *, unit: str = "", bounds: tuple[float | None, float | None] | None = None,
+           proportion: bool = False) -> MetricSpec:
+    """A metric where higher is better. `proportion=True` implies bounds [0, 1]."""
+    return MetricSpec(True, description, unit, bounds or ((0.0, 1.0) if proportion else (None, None)), proportion)
+
+
+def lower(description: str, *, unit: str = "", bounds: tuple[float | None, float | None] | None = None,
+          proportion: bool = False) -> MetricSpec:
+    """A metric where lower is better. `proportion=True` implies bounds [0, 1]."""
+    return MetricSpec(False, description, unit, bounds or ((0.0, 1.0) if proportion else (None, None)), proportion)
 
 
 @dataclass(frozen=True)
@@ -43,31 +103,51 @@ class Metric:
         return {"value": _num(self.value), "ci": None if self.ci is None else [_num(self.ci[0]), _num(self.ci[1])]}
 
 
+@dataclass(frozen=True)
+class Flag:
+    """A sanity flag: the measurement may not mean what it seems (e.g. masked gradients)."""
+
+    flag: str
+    detail: str
+
+    def to_json(self) -> dict[str, str]:
+        return {"flag": self.flag, "detail": self.detail}
+
+
 @dataclass
 class Measurement:
     metrics: dict[str, Metric]
     evidence: list[dict[str, Any]] = field(default_factory=list)
+    flags: list[Flag] = field(default_factory=list)
 
 
 class Check(abc.ABC):
     name: ClassVar[str]
     version: ClassVar[int] = 1
-    # Data roles or capabilities needed: "data" (the entry's dataset), "train", "domains",
-    # "sensitive", "image", "tabular", "text", "gradients". Missing -> skipped.
+    area: ClassVar[str] = "evaluation"
     requires: ClassVar[tuple[str, ...]] = ("data",)
-    metrics: ClassVar[dict[str, bool]] = {}
-    descriptions: ClassVar[dict[str, str]] = {}
+    metrics: ClassVar[dict[str, MetricSpec]] = {}
     Params: ClassVar[type[Params]] = Params
     summary: ClassVar[str] = ""
 
+    @classmethod
+    def validate_params(cls, params: Any, spec: AuditSpec) -> None:
+        """Rules between parameters and the spec that need no data (e.g. a named domain
+        exists). Raise ValueError with a message; the spec loader adds where."""
+
+    @classmethod
+    def preflight(cls, ctx: Context, params: Any) -> None:
+        """Cheap checks on the loaded data before any check runs, so that a bad input
+        stops the audit with exit 2 instead of erroring one check. Raise AuditInputError."""
+
     @abc.abstractmethod
     def run(self, ctx: Context, params: Any) -> Measurement:
-        """Measure; return metrics (with CIs) and evidence. Never judge thresholds."""
+        """Measure; return metrics (with CIs), evidence and flags. Never judge thresholds."""
 
 
 def _num(v: Any) -> Any:
     f = float(v)
-    if f != f or f in (float("inf"), float("-inf")):
+    if not math.isfinite(f):
         return None
     return f
 
@@ -80,7 +160,16 @@ def table(title: str, columns: list[str], rows: list[list[Any]], note: str | Non
     return ev
 
 
+def chart(kind: str, title: str, data: dict[str, Any], caption: str | None = None) -> dict[str, Any]:
+    """Chart data for the report to draw with its `kind` renderer (reports/charts.py)."""
+    ev: dict[str, Any] = {"type": "chart", "chart": kind, "title": title, "data": data}
+    if caption:
+        ev["caption"] = caption
+    return ev
+
+
 def figure(title: str, svg: str, caption: str | None = None) -> dict[str, Any]:
+    """A ready-made SVG (third-party checks); built-in checks emit `chart` data instead."""
     ev: dict[str, Any] = {"type": "figure", "title": title, "svg": svg}
     if caption:
         ev["caption"] = caption
@@ -89,10 +178,6 @@ def figure(title: str, svg: str, caption: str | None = None) -> dict[str, Any]:
 
 def text(title: str, body: str) -> dict[str, Any]:
     return {"type": "text", "title": title, "text": body}
-
-
-def flags(title: str, items: list[dict[str, str]]) -> dict[str, Any]:
-    return {"type": "flags", "title": title, "flags": items}
 
 
 def cell(value: float, ci: tuple[float, float] | None) -> dict[str, Any]:

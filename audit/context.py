@@ -1,13 +1,21 @@
-"""The audit context: loads the model and datasets once, holds device and seed, and
-caches logits per dataset (and per transformed input) so that every check shares one
-forward pass per sample. It counts every sample the model was run on."""
+"""The audit context: the only door to any model.
+
+It loads the model and datasets once, holds device and seed, and caches per dataset
+(and per derived input) the logits, probabilities, predictions and losses, so that every
+check shares one forward pass per sample. Every pass of every module a check runs — the
+audited model, a quantized copy, a retrained twin, an exported runtime — goes through a
+counted call here (`run_model`, `forward`, `time_calls`, `counting`), and ends up in
+`forward_samples` / `backward_samples`.
+
+Loaders do not see the Context: they take the spec entry and a `get_dataset` callable,
+so data and model loading never call back into it.
+"""
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
@@ -15,7 +23,12 @@ import torch
 
 from audit.dataset import Dataset, LoadedModel
 from audit.errors import DataError, ModelError
+from audit.seeding import seeded_rng
 from audit.spec import AuditSpec
+
+# A model a check may run: a torch module (run under inference mode, batched on the
+# device), or any callable from a numpy batch to numpy logits (an ONNX Runtime session).
+Runnable = torch.nn.Module | Callable[[np.ndarray], np.ndarray]
 
 
 def resolve_device(name: str) -> torch.device:
@@ -31,18 +44,37 @@ def predict_logits(module: torch.nn.Module, x: np.ndarray | torch.Tensor, device
                    batch_size: int = 256, *, autocast: Any = None,
                    progress: Callable[[int, int], None] | None = None) -> np.ndarray:
     """Batched float32 logits (N, K) of `module` on `x` under inference mode. Outputs stay
-    on the device until one host transfer at the end: no sync inside the loop."""
+    on the device until one host transfer at the end: no sync inside the loop.
+
+    Uncounted: checks call `Context.run_model`, which counts; this is for code outside
+    an audit (training, benchmarks)."""
     device = torch.device(device)
     n = int(x.shape[0])
     outs: list[torch.Tensor] = []
     with torch.inference_mode(), (autocast or contextlib.nullcontext()):
         for start in range(0, n, batch_size):
             xb = torch.as_tensor(x[start:start + batch_size]).to(device, non_blocking=True)
-            outs.append(module(xb).float())
+            outs.append(_logits_of(module(xb)).float())
             if progress:
                 progress(min(start + batch_size, n), n)
     out = torch.cat(outs).cpu().numpy() if outs else np.zeros((0, 1), np.float32)
     return out[:, None] if out.ndim == 1 else out
+
+
+def _logits_of(out: Any) -> torch.Tensor:
+    """The logits tensor of a model's output: a tensor, or a Hugging Face style output or
+    dict with `logits`, or a tuple whose first item is the logits."""
+    if isinstance(out, torch.Tensor):
+        return out
+    logits = getattr(out, "logits", None)
+    if logits is None and isinstance(out, dict):
+        logits = out.get("logits")
+    if logits is None and isinstance(out, (tuple, list)) and out and isinstance(out[0], torch.Tensor):
+        logits = out[0]
+    if not isinstance(logits, torch.Tensor):
+        raise ModelError(f"the model returned a {type(out).__name__}, not a tensor of logits (nor an output "
+                         f"with `logits`, nor a tuple whose first item is the logits)")
+    return logits
 
 
 def logits_to_proba(logits: np.ndarray) -> np.ndarray:
@@ -58,7 +90,7 @@ def logits_to_proba(logits: np.ndarray) -> np.ndarray:
 
 class Context:
     def __init__(self, spec: AuditSpec, *, device: str | None = None,
-                 progress: Callable[[str, int, int], None] | None = None) -> None:
+                 progress: Callable[..., None] | None = None) -> None:
         self.spec = spec
         self.seed = spec.seed
         self.device = resolve_device(device or spec.device)
@@ -69,14 +101,14 @@ class Context:
         self._datasets: dict[str, Dataset] = {}
         self._model: LoadedModel | None = None
         self._logits: dict[str, np.ndarray] = {}
+        self._derived: dict[tuple[str, str], np.ndarray] = {}
         self.timings: dict[str, float] = {}
 
     # ---- randomness ----------------------------------------------------------------
     def rng(self, purpose: str) -> np.random.Generator:
         """A generator seeded by the audit seed and a purpose string: independent streams
         per use, identical across runs."""
-        digest = hashlib.sha256(f"{self.seed}:{purpose}".encode()).digest()
-        return np.random.default_rng(int.from_bytes(digest[:8], "little"))
+        return seeded_rng(self.seed, purpose)
 
     def torch_generator(self, purpose: str, device: torch.device | None = None) -> torch.Generator:
         g = torch.Generator(device=device or self.device)
@@ -96,9 +128,7 @@ class Context:
                            "checks": []}, check_registry=False)
         ctx = cls(spec)
         ctx._datasets = dict(datasets)
-        model.module.to(ctx.device).eval()
-        _freeze(model)
-        ctx._model = model
+        ctx._model = _prepared(model, ctx.device)
         return ctx
 
     def has_dataset(self, name: str) -> bool:
@@ -106,12 +136,12 @@ class Context:
 
     def dataset(self, name: str) -> Dataset:
         if name not in self._datasets:
-            from audit.loading import load_dataset
+            from audit.data import load_dataset
 
             if not self.has_dataset(name):
                 raise DataError(f"the spec defines no dataset '{name}'")
             t0 = time.perf_counter()
-            self._datasets[name] = load_dataset(self, name)
+            self._datasets[name] = load_dataset(self.spec, name, get_dataset=self.dataset)
             self.timings[f"load:{name}"] = time.perf_counter() - t0
         return self._datasets[name]
 
@@ -120,41 +150,118 @@ class Context:
         return dict(self._datasets)
 
     @property
+    def model_loaded(self) -> bool:
+        return self._model is not None
+
+    @property
     def model(self) -> LoadedModel:
         if self._model is None:
-            from audit.loading import load_model
+            from audit.models import load_model
 
             t0 = time.perf_counter()
-            loaded = load_model(self)
-            loaded.module.to(self.device).eval()
-            _freeze(loaded)
-            self._model = loaded
+            loaded = load_model(self.spec, device=self.device, get_dataset=self.dataset, progress=self.progress)
+            self._model = _prepared(loaded, self.device)
             self.timings["load:model"] = time.perf_counter() - t0
         return self._model
 
-    # ---- inference ---------------------------------------------------------------------
+    def retrain(self) -> LoadedModel:
+        """Train the spec's model again (same data, seed and device), without saving. Its
+        training passes are counted like any other pass a check causes."""
+        from audit.training import retrain
+
+        loaded = retrain(self.spec, self.dataset, device=self.device, progress=self.progress,
+                         count=self._count)
+        return _prepared(loaded, self.device)
+
+    # ---- counted model calls -------------------------------------------------------------
+    def autocast(self) -> contextlib.AbstractContextManager:
+        """The precision of the audit's own inference: bf16 autocast on CUDA, float32 elsewhere."""
+        if self.device.type == "cuda":
+            return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
+        return torch.autocast(device_type=self.device.type, enabled=False)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """One forward pass on the device (autograd allowed); counts the samples."""
+        """One forward pass of the audited model on the device, autograd allowed (attacks,
+        attributions); counts the samples. Pair a backward pass with `count_backward`."""
         self.forward_samples += int(x.shape[0])
-        return self.model.module(x)
+        return _logits_of(self.model.module(x))
 
     def count_backward(self, n: int) -> None:
         self.backward_samples += int(n)
 
-    def _autocast(self):
-        if self.device.type == "cuda":
-            return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
-        return torch.autocast(device_type="cpu", enabled=False)
+    def _count(self, forward: int, backward: int = 0) -> None:
+        self.forward_samples += int(forward)
+        self.backward_samples += int(backward)
 
-    def infer(self, x: np.ndarray | torch.Tensor, *, what: str = "inference") -> np.ndarray:
-        """Batched logits for an arbitrary input array, float32 (N, K). Not cached: use
-        `logits(name)` or `cached_logits(key, ...)` for data that other checks may reuse."""
+    def counting(self, module: torch.nn.Module | None = None) -> torch.nn.Module:
+        """`module` (default: the audited model) wrapped so that every forward, and every
+        backward through its output, is counted: for libraries (Captum, SHAP) that call
+        the model themselves."""
+        return _Counting(self.model.module if module is None else module, self)
+
+    def run_model(self, module: Runnable | None, x: np.ndarray | torch.Tensor, *, what: str = "inference",
+                  device: torch.device | str | None = None, batch_size: int | None = None,
+                  precision: str = "audit") -> np.ndarray:
+        """Counted, batched float32 logits (N, K) of `module` (None: the audited model) on `x`.
+
+        A torch module runs under inference mode on `device` (default: the audit's) with
+        the audit's autocast (`precision="float32"` turns it off); any other callable gets
+        numpy batches and returns numpy logits (e.g. an ONNX Runtime session)."""
+        module = self.model.module if module is None else module
+        bs = batch_size or self.batch_size
+        n = int(x.shape[0])
         progress = (lambda done, total: self.progress(what, done, total)) if self.progress else None
-        out = predict_logits(self.model.module, x, self.device, self.batch_size,
-                             autocast=self._autocast(), progress=progress)
-        self.forward_samples += int(x.shape[0])
+        if isinstance(module, torch.nn.Module):
+            dev = torch.device(device) if device is not None else self.device
+            cast = self.autocast() if precision == "audit" and dev == self.device else \
+                torch.autocast(device_type=dev.type, enabled=False)
+            out = predict_logits(module, x, dev, bs, autocast=cast, progress=progress)
+        else:
+            parts = [np.asarray(module(np.asarray(x[s:s + bs])), dtype=np.float32) for s in range(0, n, bs)]
+            out = np.concatenate(parts) if parts else np.zeros((0, 1), np.float32)
+            out = out[:, None] if out.ndim == 1 else out
+        self.forward_samples += n
         return out
 
+    def infer(self, x: np.ndarray | torch.Tensor, *, what: str = "inference") -> np.ndarray:
+        """Counted logits of the audited model on an arbitrary input, not cached: use
+        `logits(name)` or `cached_logits(key, ...)` for data other checks may reuse."""
+        return self.run_model(None, x, what=what)
+
+    def time_calls(self, module: Runnable | None, x: Any, *, warmup: int, repeats: int,
+                   precision: str = "audit") -> np.ndarray:
+        """Seconds per call of `module` (None: the audited model) on one batch `x` (a tensor
+        on the module's device, or a numpy batch for a non-torch runtime): `warmup`
+        untimed calls, then `repeats` timed ones. On CUDA the device is synchronised only
+        around each timed call. Every call is counted."""
+        module = self.model.module if module is None else module
+        times = np.empty(repeats)
+        if isinstance(module, torch.nn.Module):
+            cuda = x.device.type == "cuda"
+            cast = self.autocast() if precision == "audit" and x.device == self.device else \
+                torch.autocast(device_type=x.device.type, enabled=False)
+            with torch.inference_mode(), cast:
+                for _ in range(warmup):
+                    module(x)
+                for i in range(repeats):
+                    if cuda:
+                        torch.cuda.synchronize(x.device)
+                    t0 = time.perf_counter()
+                    module(x)
+                    if cuda:
+                        torch.cuda.synchronize(x.device)
+                    times[i] = time.perf_counter() - t0
+        else:
+            for _ in range(warmup):
+                module(x)
+            for i in range(repeats):
+                t0 = time.perf_counter()
+                module(x)
+                times[i] = time.perf_counter() - t0
+        self.forward_samples += int(x.shape[0]) * (warmup + repeats)
+        return times
+
+    # ---- cached outputs per dataset --------------------------------------------------------
     def cached_logits(self, key: str, make_input: Callable[[], np.ndarray]) -> np.ndarray:
         """Logits for a derived input (a corruption, an attack's result), computed once per key."""
         if key not in self._logits:
@@ -166,6 +273,8 @@ class Context:
             ds = self.dataset(name)
             try:
                 out = self.infer(ds.x, what=f"predict {name}")
+            except ModelError:
+                raise
             except (RuntimeError, ValueError, IndexError, TypeError) as exc:
                 # a shape or dtype mismatch surfaces in the first batch: one clear message
                 first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
@@ -175,17 +284,27 @@ class Context:
             self._logits[name] = out
         return self._logits[name]
 
+    def _derive(self, what: str, name: str, make: Callable[[], np.ndarray]) -> np.ndarray:
+        key = (what, name)
+        if key not in self._derived:
+            self._derived[key] = make()
+        return self._derived[key]
+
     def probabilities(self, name: str) -> np.ndarray:
-        return logits_to_proba(self.logits(name))
+        """(N, K) float64 class probabilities (softmax; sigmoid expanded to two columns)."""
+        return self._derive("proba", name, lambda: logits_to_proba(self.logits(name)))
 
     def predictions(self, name: str) -> np.ndarray:
-        return self.probabilities(name).argmax(axis=1)
+        return self._derive("pred", name, lambda: self.probabilities(name).argmax(axis=1))
 
     def losses(self, name: str) -> np.ndarray:
         """Per-sample cross-entropy of the true class."""
-        proba = self.probabilities(name)
-        y = self.dataset(name).y
-        return -np.log(np.clip(proba[np.arange(len(y)), y], 1e-15, 1.0))
+        def make() -> np.ndarray:
+            proba = self.probabilities(name)
+            y = self.dataset(name).y
+            return -np.log(np.clip(proba[np.arange(len(y)), y], 1e-15, 1.0))
+
+        return self._derive("loss", name, make)
 
     def _validate_output(self, ds: Dataset, out: np.ndarray) -> None:
         k = out.shape[1]
@@ -206,13 +325,45 @@ class Context:
     def compute(self) -> dict[str, int]:
         return {"forward_samples": self.forward_samples, "backward_samples": self.backward_samples}
 
+    @contextlib.contextmanager
+    def measure(self) -> Iterator[dict[str, int]]:
+        """Passes counted inside the block: `with ctx.measure() as m: ...; m["forward_samples"]`."""
+        out = {"forward_samples": 0, "backward_samples": 0}
+        f0, b0 = self.forward_samples, self.backward_samples
+        try:
+            yield out
+        finally:
+            out["forward_samples"] = self.forward_samples - f0
+            out["backward_samples"] = self.backward_samples - b0
+
     def describe(self) -> dict[str, Any]:
         return {"device": str(self.device), "seed": self.seed, "batch_size": self.batch_size}
 
 
-def _freeze(model: LoadedModel) -> None:
-    """Attacks and attributions take input gradients only: no weight gradients."""
+class _Counting(torch.nn.Module):
+    """Counts every forward into the context, and every backward through a hook on the output."""
+
+    def __init__(self, module: torch.nn.Module, ctx: Context) -> None:
+        super().__init__()
+        self.module = module
+        self._ctx = ctx
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n = int(x.shape[0])
+        out = _logits_of(self.module(x))
+        self._ctx.forward_samples += n
+        if out.requires_grad:
+            ctx = self._ctx
+            out.register_hook(lambda g: ctx.count_backward(n))
+        return out
+
+
+def _prepared(model: LoadedModel, device: torch.device) -> LoadedModel:
+    """On the device, in eval mode, weights frozen: attacks and attributions take input
+    gradients only. Trainable parameters are counted first, for the model card."""
     if model.trainable_params is None:
         model.trainable_params = sum(p.numel() for p in model.module.parameters() if p.requires_grad)
+    model.module.to(device).eval()
     for p in model.module.parameters():
         p.requires_grad_(False)
+    return model

@@ -31,7 +31,7 @@ from audit.dataset import Dataset, LoadedModel
 from audit.errors import DataError, ModelError
 
 if TYPE_CHECKING:
-    from audit.context import Context
+    from audit.spec import AuditSpec
 
 _MAX_LEN_CAP = 512  # longer inputs are truncated: audits run many forward passes
 
@@ -118,13 +118,13 @@ def encode_dataset(ds: Dataset, tokenizer: Any, source: str, max_len: int | None
                    source=ds.source, meta=meta)
 
 
-def tokenize_for_model(ctx: Context, ds: Dataset) -> Dataset:
+def tokenize_for_model(spec: AuditSpec, ds: Dataset) -> Dataset:
     """Re-encode a text dataset with the audited model's tokenizer when that model is a
     Hugging Face folder; other datasets and models pass through unchanged."""
-    path = ctx.spec.model.path
-    if ds.kind != "text" or not path or not is_hf_model_dir(ctx.spec.resolve(path)):
+    path = spec.model.path
+    if ds.kind != "text" or not path or not is_hf_model_dir(spec.resolve(path)):
         return ds
-    resolved = str(ctx.spec.resolve(path).resolve())
+    resolved = str(spec.resolve(path).resolve())
     return encode_dataset(ds, load_tokenizer(resolved), source=resolved)
 
 
@@ -148,7 +148,7 @@ def _classes(config: Any, declared: list[str] | None) -> list[str]:
     return [id2label.get(i, str(i)) for i in range(int(config.num_labels))]
 
 
-def load_hf_model(path: str | Path, ctx: Context) -> LoadedModel:
+def load_hf_model(path: str | Path, spec: AuditSpec) -> LoadedModel:
     """A local Hugging Face sequence-classification model, wrapped to take token ids."""
     path = Path(path)
     tf = _transformers()
@@ -161,7 +161,7 @@ def load_hf_model(path: str | Path, ctx: Context) -> LoadedModel:
     model = model.float().eval()  # half-precision checkpoints: the context picks precision
     tokenizer = load_tokenizer(str(path.resolve()))
     config = model.config
-    declared = ctx.spec.model.classes
+    declared = spec.model.classes
     if declared and len(declared) != int(config.num_labels):
         raise ModelError(f"model.classes names {len(declared)} classes but the model has {config.num_labels} labels",
                          where="model.classes")

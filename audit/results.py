@@ -3,31 +3,61 @@
 from __future__ import annotations
 
 import json
+import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePath
 from typing import Any
 
 SCHEMA = "audit-results/1"
 STATUSES = ("pass", "warn", "fail", "error", "skipped")
 
-# Report sections (DESIGN.md's areas) by check family; a check may override with `area`.
-AREAS = (
-    "Data specification", "Algorithm specification", "Training specification",
-    "Evaluation and validation", "Robustness", "Explainability", "Fairness", "Privacy", "Deployment",
+# The report's sections: the specification's areas, in report order (key, title, scope).
+# A check declares its area by key (`Check.area`); results carry the key.
+AREAS: tuple[tuple[str, str, str], ...] = (
+    ("data", "Data specification",
+     "The datasets the audit used: sizes, classes, hashes and splits, and checks on their "
+     "quality and on leakage between them."),
+    ("algorithm", "Algorithm specification",
+     "The model under audit: architecture, parameter count and layers; the loss and "
+     "optimizer when the audit trained it."),
+    ("training", "Training specification",
+     "How the model was trained: hyper-parameters, learning curves, seed, device and the "
+     "hash of the saved model."),
+    ("evaluation", "Evaluation and validation",
+     "Held-out performance with confidence intervals, per class, calibration and "
+     "cross-domain validation."),
+    ("robustness", "Robustness",
+     "Behaviour under adversarial attacks and under corruptions of increasing severity."),
+    ("explainability", "Explainability",
+     "Feature attributions, whether they are faithful to the model, and sanity tests."),
+    ("fairness", "Fairness",
+     "Rates per group and the gaps between groups, with confidence intervals, "
+     "including intersectional groups."),
+    ("privacy", "Privacy",
+     "Risk that an attacker can tell whether a record was in the training data."),
+    ("deployment", "Deployment",
+     "Latency, throughput, model size and the impact of quantization."),
 )
-_AREA_BY_PREFIX = {
-    "data.": "Data specification", "training.": "Training specification",
-    "performance.": "Evaluation and validation", "shift.domain": "Evaluation and validation",
-    "shift.": "Robustness", "robustness.": "Robustness", "explain.": "Explainability",
-    "fairness.": "Fairness", "privacy.": "Privacy", "efficiency.": "Deployment",
-}
+AREA_KEYS = tuple(key for key, _, _ in AREAS)
 
 
-def area_of(check_name: str) -> str:
-    for prefix, area in _AREA_BY_PREFIX.items():
-        if check_name.startswith(prefix):
-            return area
-    return "Evaluation and validation"
+def jsonable(v: Any) -> Any:
+    """Plain JSON values: non-finite floats become null, numpy scalars and arrays plain
+    Python, tuples lists, paths strings; anything else is an error, not a silent str()."""
+    if isinstance(v, float):
+        return v if math.isfinite(v) else None
+    if isinstance(v, Mapping):
+        return {str(k): jsonable(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [jsonable(x) for x in v]
+    if isinstance(v, (str, int, bool)) or v is None:
+        return v
+    if hasattr(v, "tolist"):  # numpy scalar or array
+        return jsonable(v.tolist())
+    if isinstance(v, PurePath):
+        return str(v)
+    raise TypeError(f"not JSON-ready: {type(v).__name__}")
 
 
 @dataclass(frozen=True)
@@ -42,7 +72,8 @@ class ThresholdResult:
 
     def to_json(self) -> dict[str, Any]:
         return {"metric": self.metric, "op": self.op, "limit": self.limit, "level": self.level,
-                "status": self.status}
+                "status": self.status, "value": jsonable(self.value),
+                "ci": None if self.ci is None else jsonable(list(self.ci))}
 
 
 @dataclass(frozen=True)
@@ -59,6 +90,9 @@ class CheckResult:
     metric_info: dict[str, dict[str, Any]]
     thresholds: tuple[ThresholdResult, ...]
     message: str
+    confidence: float
+    params: dict[str, Any] = field(default_factory=dict)
+    flags: tuple[dict[str, str], ...] = ()
     evidence: tuple[dict[str, Any], ...] = ()
     duration_s: float = 0.0
     traceback: str | None = None
@@ -67,8 +101,10 @@ class CheckResult:
         return {
             "id": self.id, "check": self.check, "version": self.version, "clause": self.clause,
             "status": self.status, "data": self.data, "area": self.area, "summary": self.summary,
+            "confidence": self.confidence, "params": jsonable(self.params),
             "metrics": self.metrics, "metric_info": self.metric_info,
             "thresholds": [t.to_json() for t in self.thresholds], "message": self.message,
+            "flags": [dict(f) for f in self.flags],
             "evidence": list(self.evidence), "duration_s": round(self.duration_s, 4),
             "traceback": self.traceback,
         }

@@ -32,7 +32,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
@@ -43,12 +43,11 @@ from audit.dataset import Dataset, LoadedModel
 from audit.errors import AuditInputError, DataError, ModelError
 from audit.spec import AuditSpec, TrainSpec
 
-if TYPE_CHECKING:
-    from audit.context import Context
 
 log = logging.getLogger("audit.training")
 RECIPE_FORMAT = "audit-model/1"
 Progress = Callable[..., None]
+Counter = Callable[[int, int], None]  # (forward samples, backward samples) of a training step
 
 
 # ---- pieces ------------------------------------------------------------------------------
@@ -150,9 +149,10 @@ def _batches(n: int, batch_size: int) -> list[tuple[int, int]]:
 # ---- the training loop ---------------------------------------------------------------------
 def fit(ds: Dataset, train: TrainSpec, *, device: torch.device | str = "cpu", seed: int = 0,
         progress: Progress | None = None, input_range: tuple[float, float] | None = None,
-        classes: list[str] | None = None) -> LoadedModel:
+        classes: list[str] | None = None, count: Counter | None = None) -> LoadedModel:
     """Train `train.architecture` on `ds` (a validation split carved with `seed`); returns the
-    trained model in eval mode with its training record in `.training`."""
+    trained model in eval mode with its training record in `.training`. `count` is told
+    the samples of every forward and backward pass (an audit counts a retraining's)."""
     device = torch.device(device)
     if len(ds) < 4:
         raise DataError(f"dataset '{ds.name}' has {len(ds)} rows: too few to train on")
@@ -214,6 +214,8 @@ def fit(ds: Dataset, train: TrainSpec, *, device: torch.device | str = "cpu", se
                 loss_sum += loss.detach() * (stop - start)  # stays on the device
                 seen += stop - start
             val_loss, val_correct = _evaluate(module, x_va, y_va, train.batch_size, device, dtype)
+            if count is not None:
+                count(seen + len(y_va), seen)
             # the one host read of the epoch
             tl, vl, vc = torch.stack([loss_sum / max(seen, 1), val_loss, val_correct]).tolist()
             if not (np.isfinite(tl) and np.isfinite(vl)):
@@ -317,36 +319,38 @@ def train_seed(spec: AuditSpec) -> int:
     return spec.seed if train is None or train.seed is None else train.seed
 
 
-def retrain(ctx: Context) -> LoadedModel:
+def retrain(spec: AuditSpec, get_dataset: Callable[[str], Dataset], *, device: torch.device | str = "cpu",
+            progress: Progress | None = None, count: Counter | None = None) -> LoadedModel:
     """Train the spec's model again (same data, seed and device), without saving."""
-    spec = ctx.spec
     if spec.model.train is None:
         raise ModelError("the spec has no model.train section to retrain", where=f"{spec.source}: model")
-    ds = ctx.dataset(spec.model.train.data)
-    return fit(ds, spec.model.train, device=ctx.device, seed=train_seed(spec), progress=ctx.progress,
-               input_range=spec.model.input_range, classes=spec.model.classes)
+    ds = get_dataset(spec.model.train.data)
+    return fit(ds, spec.model.train, device=device, seed=train_seed(spec), progress=progress,
+               input_range=spec.model.input_range, classes=spec.model.classes, count=count)
 
 
-def train_model(ctx: Context) -> LoadedModel:
-    """The model of a spec with `model.train`: trained on the context's data and device, saved
+def train_model(spec: AuditSpec, get_dataset: Callable[[str], Dataset], *, device: torch.device | str = "cpu",
+                progress: Progress | None = None) -> LoadedModel:
+    """The model of a spec with `model.train`: trained on the spec's data and `device`, saved
     when `model.save` is set. Called by the model loader."""
-    loaded = retrain(ctx)
-    if ctx.spec.model.save:
-        tokenizer = ctx.dataset(ctx.spec.model.train.data).meta.get("tokenizer")  # type: ignore[union-attr]
-        save_model(loaded, ctx.spec.resolve(ctx.spec.model.save), tokenizer=tokenizer)
+    loaded = retrain(spec, get_dataset, device=device, progress=progress)
+    if spec.model.save:
+        tokenizer = get_dataset(spec.model.train.data).meta.get("tokenizer")  # type: ignore[union-attr]
+        save_model(loaded, spec.resolve(spec.model.save), tokenizer=tokenizer)
     return loaded
 
 
 def train_and_save(spec: AuditSpec, device: str | None = None, progress: Progress | None = None) -> LoadedModel:
     """`audit train SPEC`: train the spec's model and save it, without auditing."""
-    from audit.context import Context
+    from audit.context import Context, resolve_device
 
     if spec.model.train is None:
         raise AuditInputError("the spec has no model.train section", where=f"{spec.source}: model")
     if not spec.model.save:
         raise AuditInputError("`audit train` needs model.save: where to write the trained weights",
                               where=f"{spec.source}: model.save")
-    return train_model(Context(spec, device=device, progress=progress))
+    ctx = Context(spec, device=device, progress=progress)
+    return train_model(spec, ctx.dataset, device=resolve_device(device or spec.device), progress=progress)
 
 
 # ---- saving and loading -----------------------------------------------------------------------

@@ -1,6 +1,5 @@
-"""Loading datasets and models named by a spec. Every user mistake becomes a DataError or
-ModelError that names the file and the problem; nothing here executes code from a model
-file unless the spec says `trust_pickle: true`.
+"""Loading the datasets a spec names. Every user mistake becomes a DataError that names
+the file and the problem.
 
 Datasets: a fixture (`fixture` + `split`), a file or folder (`path`: .npz, .csv,
 .parquet, or an image folder with one sub-folder per class), or a transform of another
@@ -12,35 +11,40 @@ the dataset's own sorted labels.
 An npz file holds `x`, `y` (or the array named by `label`), optionally `classes`, and one
 array per sensitive attribute; a CSV/Parquet file has a `label` column (default 'label').
 
-Models: a fixture, `.safetensors` or a state-dict `.pt` plus `factory`, a TorchScript
-archive, a full pickle (only with `trust_pickle`), or a training recipe (`model.train`).
+The loader sees the spec and a `get_dataset` callable for the datasets this one depends
+on (a `from` source, the `train` classes), never the audit Context.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import hashlib
-import importlib
-import pickle
-import sys
 import zipfile
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
-import torch
 
-from audit.dataset import Dataset, LoadedModel
-from audit.errors import DataError, ModelError, did_you_mean
-from audit.spec import DataEntry
-
-if TYPE_CHECKING:
-    from audit.context import Context
+from audit.dataset import Dataset
+from audit.errors import DataError, did_you_mean
+from audit.seeding import seeded_rng
+from audit.spec import AuditSpec, DataEntry
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 TABLE_SUFFIXES = (".csv", ".parquet")
-TORCH_SUFFIXES = (".pt", ".pth", ".zip", ".bin", ".ckpt", ".ts", ".jit", ".torchscript")
+
+
+@dataclass(frozen=True)
+class _Source:
+    """What a dataset loader may consult: the spec, and the other datasets it names."""
+
+    spec: AuditSpec
+    dataset: Callable[[str], Dataset]
+
+    def rng(self, purpose: str) -> np.random.Generator:
+        return seeded_rng(self.spec.seed, purpose)
 
 
 def file_sha256(path: str | Path) -> str:
@@ -54,20 +58,21 @@ def file_sha256(path: str | Path) -> str:
 # =======================================================================================
 # datasets
 # =======================================================================================
-def load_dataset(ctx: Context, name: str) -> Dataset:
-    spec = ctx.spec
+def load_dataset(spec: AuditSpec, name: str, *, get_dataset: Callable[[str], Dataset]) -> Dataset:
+    """Load dataset `name` of `spec`; `get_dataset` returns (and caches) the others."""
+    src = _Source(spec, get_dataset)
     entry = spec.data.get(name) or spec.domains.get(name)
     if entry is None:
         raise DataError(f"the spec defines no dataset '{name}'.{did_you_mean(name, spec.dataset_names())}")
     if entry.from_:
-        ds = ctx.dataset(entry.from_)
+        ds = src.dataset(entry.from_)
     elif entry.fixture:
-        ds = _load_fixture(ctx, name, entry)
+        ds = _load_fixture(src, name, entry)
     else:
-        ds = _load_path(ctx, name, entry)
+        ds = _load_path(src, name, entry)
     if entry.transform:
         try:
-            ds = _transform(ds, entry, ctx.rng(f"domain:{name}"))
+            ds = _transform(ds, entry, src.rng(f"domain:{name}"))
         except DataError as exc:
             raise DataError(str(exc), where=f"dataset '{name}'") from None
     # a copy when renaming, so a `from` source held by the context keeps its own name
@@ -75,7 +80,7 @@ def load_dataset(ctx: Context, name: str) -> Dataset:
     if ds.kind == "text":  # a Hugging Face model reads its own tokenizer's ids
         from audit.hf import tokenize_for_model
 
-        ds = tokenize_for_model(ctx, ds)
+        ds = tokenize_for_model(spec, ds)
     return ds
 
 
@@ -85,7 +90,7 @@ def _transform(ds: Dataset, entry: DataEntry, rng: np.random.Generator) -> Datas
     return apply_transform(ds, entry.transform or "", entry.severity, rng)
 
 
-def _load_fixture(ctx: Context, name: str, entry: DataEntry) -> Dataset:
+def _load_fixture(src: _Source, name: str, entry: DataEntry) -> Dataset:
     from fixtures.datasets import FIXTURE_SPLITS, load_fixture_dataset
 
     fixture = entry.fixture or ""
@@ -103,7 +108,7 @@ def _load_fixture(ctx: Context, name: str, entry: DataEntry) -> Dataset:
     if entry.sensitive:
         _check_sensitive(entry.sensitive, list(ds.sensitive), where)
         ds.sensitive = {k: ds.sensitive[k] for k in entry.sensitive}
-    declared = ctx.spec.model.classes
+    declared = src.spec.model.classes
     if declared and len(declared) != ds.n_classes:
         raise DataError(f"model.classes names {len(declared)} classes but the fixture has {ds.n_classes} "
                         f"({', '.join(ds.classes)})", where=where)
@@ -121,11 +126,11 @@ def _check_sensitive(asked: list[str], available: list[str], where: str) -> None
 class _Labels:
     """Maps raw labels to class indices consistently across a spec's datasets."""
 
-    def __init__(self, ctx: Context, name: str, where: str, file_classes: list[str] | None = None) -> None:
-        self.ctx, self.name, self.where, self.file_classes = ctx, name, where, file_classes
+    def __init__(self, src: _Source, name: str, where: str, file_classes: list[str] | None = None) -> None:
+        self.src, self.name, self.where, self.file_classes = src, name, where, file_classes
 
     def reference(self) -> list[str] | None:
-        spec = self.ctx.spec
+        spec = self.src.spec
         if spec.model.classes:
             return list(spec.model.classes)
         if self.file_classes:
@@ -133,7 +138,7 @@ class _Labels:
         train = spec.data.get("train")
         # a derived train set could lead back to this dataset: only plain ones are references
         if self.name != "train" and train is not None and not train.from_:
-            return self.ctx.dataset("train").classes
+            return self.src.dataset("train").classes
         return None
 
     def by_name(self, raw: np.ndarray) -> tuple[np.ndarray, list[str]]:
@@ -171,24 +176,24 @@ class _Labels:
         return y, ref
 
     def _ref_source(self) -> str:
-        if self.ctx.spec.model.classes:
+        if self.src.spec.model.classes:
             return "in model.classes"
         return "in the file's `classes`" if self.file_classes else "of dataset 'train'"
 
 
-def _load_path(ctx: Context, name: str, entry: DataEntry) -> Dataset:
-    path = ctx.spec.resolve(entry.path or "")
+def _load_path(src: _Source, name: str, entry: DataEntry) -> Dataset:
+    path = src.spec.resolve(entry.path or "")
     where = f"dataset '{name}' ({entry.path})"
     if entry.split:
         raise DataError("`split` applies to fixtures only; point `path` at the split's file", where=where)
     if not path.exists():
         raise DataError(f"data file not found: {path}", where=where)
     if path.is_dir():
-        ds = _load_image_folder(ctx, name, entry, path, where)
+        ds = _load_image_folder(src, name, entry, path, where)
     elif path.suffix.lower() == ".npz":
-        ds = _load_npz(ctx, name, entry, path, where)
+        ds = _load_npz(src, name, entry, path, where)
     elif path.suffix.lower() in TABLE_SUFFIXES:
-        ds = _load_table(ctx, name, entry, path, where)
+        ds = _load_table(src, name, entry, path, where)
     else:
         raise DataError(f"unsupported data file type '{path.suffix}': use .npz, .csv, .parquet "
                         f"or a folder of images with one sub-folder per class", where=where)
@@ -227,7 +232,7 @@ def _sensitive_strings(values: Any) -> np.ndarray:
 
 
 # ---- npz ------------------------------------------------------------------------------
-def _load_npz(ctx: Context, name: str, entry: DataEntry, path: Path, where: str) -> Dataset:
+def _load_npz(src: _Source, name: str, entry: DataEntry, path: Path, where: str) -> Dataset:
     try:
         with np.load(path, allow_pickle=False) as f:  # object arrays would need pickle: refused
             arrays = {k: f[k] for k in f.files}
@@ -250,7 +255,7 @@ def _load_npz(ctx: Context, name: str, entry: DataEntry, path: Path, where: str)
     sensitive = {k: _sensitive_strings(arrays[k]) for k in entry.sensitive}
     _check_lengths(len(x), {label_key: y_raw, **sensitive}, where)
     file_classes = [str(c) for c in arrays["classes"]] if "classes" in arrays else None
-    labels = _Labels(ctx, name, where, file_classes)
+    labels = _Labels(src, name, where, file_classes)
     if len(y_raw) == 0:
         raise DataError("the dataset is empty", where=where)
     y, classes = labels.by_name(y_raw) if y_raw.dtype.kind in "US" else labels.by_index(y_raw)
@@ -284,7 +289,7 @@ def _array_kind(x: np.ndarray, where: str) -> tuple[np.ndarray, Any]:
 
 
 # ---- csv / parquet --------------------------------------------------------------------
-def _load_table(ctx: Context, name: str, entry: DataEntry, path: Path, where: str) -> Dataset:
+def _load_table(src: _Source, name: str, entry: DataEntry, path: Path, where: str) -> Dataset:
     import pandas as pd
 
     try:
@@ -330,7 +335,7 @@ def _load_table(ctx: Context, name: str, entry: DataEntry, path: Path, where: st
     n_missing = int(df[label].isna().sum())
     if n_missing:
         raise DataError(f"{n_missing} rows have no label in column '{label}'", where=where)
-    y, classes = _Labels(ctx, name, where).by_name(df[label].to_numpy())
+    y, classes = _Labels(src, name, where).by_name(df[label].to_numpy())
     sensitive = {c: _sensitive_strings(df[c].to_numpy()) for c in entry.sensitive}
     # a 0/1 column is an indicator (one-hot, flag): perturbations and noise leave it alone
     continuous = ~np.all((x == 0) | (x == 1), axis=0)
@@ -340,7 +345,7 @@ def _load_table(ctx: Context, name: str, entry: DataEntry, path: Path, where: st
 
 
 # ---- image folders --------------------------------------------------------------------
-def _load_image_folder(ctx: Context, name: str, entry: DataEntry, path: Path, where: str) -> Dataset:
+def _load_image_folder(src: _Source, name: str, entry: DataEntry, path: Path, where: str) -> Dataset:
     from PIL import Image, UnidentifiedImageError
 
     if (path / "config.json").exists():
@@ -379,7 +384,7 @@ def _load_image_folder(ctx: Context, name: str, entry: DataEntry, path: Path, wh
     x = np.stack(images)
     x = x[:, None] if x.ndim == 3 else x.transpose(0, 3, 1, 2)
     # every sub-folder is a class, even an empty one, so indices match the train folder
-    labels = _Labels(ctx, name, where)
+    labels = _Labels(src, name, where)
     if labels.reference() is None:
         classes = [d.name for d in class_dirs]
         index = {c: i for i, c in enumerate(classes)}
@@ -388,166 +393,3 @@ def _load_image_folder(ctx: Context, name: str, entry: DataEntry, path: Path, wh
         y, classes = labels.by_name(np.array(raw_labels))
     return Dataset(name=name, x=x.astype(np.float32) / 255.0, y=y, kind="image", classes=classes,
                    meta={"path": str(path), "files": len(files)})
-
-
-# =======================================================================================
-# models
-# =======================================================================================
-def load_model(ctx: Context) -> LoadedModel:
-    ms = ctx.spec.model
-    if ms.train is not None:
-        from audit.training import train_model
-
-        return train_model(ctx)
-    if ms.fixture is not None:
-        from fixtures.models import load_fixture_model
-
-        loaded = load_fixture_model(ms.fixture, device="cpu")
-    else:
-        loaded = _load_model_path(ctx)
-    if ms.input_range is not None:
-        loaded.input_range = (float(ms.input_range[0]), float(ms.input_range[1]))
-    if ms.classes:
-        loaded.classes = list(ms.classes)
-    return loaded
-
-
-def _load_model_path(ctx: Context) -> LoadedModel:
-    ms = ctx.spec.model
-    path = ctx.spec.resolve(ms.path or "")
-    where = "model.path"
-    if not path.exists():
-        raise ModelError(f"model file not found: {path}", where=where)
-    if path.is_dir():
-        if (path / "config.json").exists():
-            from audit.hf import load_hf_model
-
-            return load_hf_model(path, ctx)
-        raise ModelError(f"{path} is a folder, not a model file", where=where)
-    suffix = path.suffix.lower()
-    if suffix == ".safetensors":
-        from audit.training import is_saved_recipe, load_saved
-
-        if not ms.factory and is_saved_recipe(path):  # written by `audit train`: the recipe rebuilds it
-            return load_saved(path)
-        from safetensors import SafetensorError
-        from safetensors.torch import load_file
-
-        try:
-            state = load_file(str(path))
-        except (SafetensorError, OSError) as exc:
-            raise ModelError(f"cannot read {path}: {exc}", where=where) from None
-        return _from_state_dict(ctx, state, path)
-    if suffix in TORCH_SUFFIXES:
-        if _is_torchscript(path):
-            try:
-                module = torch.jit.load(str(path), map_location="cpu")
-            except RuntimeError as exc:
-                raise ModelError(f"cannot load TorchScript archive {path}: {str(exc).splitlines()[0]}", where=where) from None
-            return LoadedModel(module=module, sha256=file_sha256(path), source=f"TorchScript {path}",
-                               architecture=str(getattr(module, "original_name", "TorchScript")),
-                               input_range=ms.input_range, classes=ms.classes)
-        try:
-            obj = torch.load(path, map_location="cpu", weights_only=True)
-        except pickle.UnpicklingError:
-            if not ms.trust_pickle:
-                raise ModelError(
-                    f"{path} is a full pickle, and loading it can run arbitrary code. If you trust its source "
-                    f"set `model.trust_pickle: true`; better, save a state_dict "
-                    f"(torch.save(model.state_dict(), path)) or safetensors and give `factory`", where=where) from None
-            obj = torch.load(path, map_location="cpu", weights_only=False)  # trusted by the spec
-        except (RuntimeError, OSError, EOFError) as exc:
-            raise ModelError(f"cannot read {path}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}",
-                             where=where) from None
-        if isinstance(obj, torch.nn.Module):
-            return LoadedModel(module=obj, sha256=file_sha256(path), source=f"pickled module {path} (trusted)",
-                               architecture=type(obj).__name__, input_range=ms.input_range, classes=ms.classes)
-        return _from_state_dict(ctx, _state_dict_of(obj, path), path)
-    raise ModelError(f"unsupported model file type '{path.suffix}': use .safetensors or a .pt state_dict (with "
-                     f"`factory`), a TorchScript .pt, or a Hugging Face model folder", where=where)
-
-
-def _is_torchscript(path: Path) -> bool:
-    """A TorchScript archive is a zip with `code/` and `constants.pkl`; torch.save zips have neither."""
-    if not zipfile.is_zipfile(path):
-        return False
-    with zipfile.ZipFile(path) as z:
-        return any(n.endswith("constants.pkl") or "/code/" in n for n in z.namelist())
-
-
-def _state_dict_of(obj: Any, path: Path) -> dict[str, torch.Tensor]:
-    """The state dict in a loaded checkpoint: the mapping itself or a usual nested key."""
-    if isinstance(obj, Mapping):
-        if obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
-            return dict(obj)
-        for key in ("state_dict", "model_state_dict", "model"):
-            inner = obj.get(key)
-            if isinstance(inner, Mapping) and inner and all(isinstance(v, torch.Tensor) for v in inner.values()):
-                return dict(inner)
-        keys = ", ".join(map(str, list(obj)[:10]))
-        raise ModelError(f"{path} holds a dict (keys: {keys}) but no state_dict of tensors", where="model.path")
-    raise ModelError(f"{path} holds a {type(obj).__name__}, not a state_dict or a module", where="model.path")
-
-
-def _import_factory(ctx: Context) -> Callable[..., Any]:
-    ms = ctx.spec.model
-    where = "model.factory"
-    if not ms.factory:
-        raise ModelError("the file holds weights only: give `factory: package.module:callable` that builds the "
-                         "model (and `factory_kwargs`)", where=where)
-    mod_name, _, attr = ms.factory.partition(":")
-    # a factory module beside the spec file is importable, like a test's conftest
-    base = str(Path(ctx.spec.base_dir).resolve())
-    added = base not in sys.path
-    if added:
-        sys.path.insert(0, base)
-    try:
-        module = importlib.import_module(mod_name)
-    except ModuleNotFoundError as exc:
-        raise ModelError(f"cannot import factory module '{mod_name}': {exc}", where=where) from None
-    finally:
-        if added:
-            sys.path.remove(base)
-    fn = getattr(module, attr, None)
-    if fn is None or not callable(fn):
-        public = [n for n in dir(module) if not n.startswith("_")]
-        raise ModelError(f"module '{mod_name}' has no callable '{attr}'.{did_you_mean(attr, public)}", where=where)
-    return fn
-
-
-def _from_state_dict(ctx: Context, state: dict[str, torch.Tensor], path: Path) -> LoadedModel:
-    ms = ctx.spec.model
-    fn = _import_factory(ctx)
-    kwargs = dict(ms.factory_kwargs)
-
-    def factory() -> torch.nn.Module:
-        return fn(**kwargs)
-
-    try:
-        module = factory()
-    except Exception as exc:  # the user's code: report, don't crash
-        raise ModelError(f"factory {ms.factory}(**{kwargs}) failed: {type(exc).__name__}: {exc}",
-                         where="model.factory") from None
-    if not isinstance(module, torch.nn.Module):
-        raise ModelError(f"factory {ms.factory} returned a {type(module).__name__}, not a torch.nn.Module",
-                         where="model.factory")
-    expected = module.state_dict()
-    missing = [k for k in expected if k not in state]
-    unexpected = [k for k in state if k not in expected]
-    if missing or unexpected:
-        parts = []
-        if missing:
-            parts.append(f"missing {len(missing)} (e.g. {', '.join(missing[:3])})")
-        if unexpected:
-            parts.append(f"unexpected {len(unexpected)} (e.g. {', '.join(unexpected[:3])})")
-        raise ModelError(f"the weights in {path} do not fit the model built by {ms.factory}: "
-                         f"{'; '.join(parts)} keys", where="model.path")
-    shapes = [f"{k}: file {tuple(state[k].shape)} vs model {tuple(v.shape)}"
-              for k, v in expected.items() if tuple(state[k].shape) != tuple(v.shape)]
-    if shapes:
-        raise ModelError(f"the weights in {path} do not fit the model built by {ms.factory}: "
-                         f"shape mismatch {'; '.join(shapes[:3])}", where="model.path")
-    module.load_state_dict(state, strict=True)
-    return LoadedModel(module=module.eval(), sha256=file_sha256(path), source=f"{path} + {ms.factory}",
-                       architecture=type(module).__name__, input_range=ms.input_range, classes=ms.classes,
-                       factory=factory)
