@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path, PurePath
 from typing import Any
@@ -42,21 +42,24 @@ AREAS: tuple[tuple[str, str, str], ...] = (
 AREA_KEYS = tuple(key for key, _, _ in AREAS)
 
 
-def jsonable(v: Any) -> Any:
+def jsonable(v: Any, *, default: Callable[[Any], Any] | None = None) -> Any:
     """Plain JSON values: non-finite floats become null, numpy scalars and arrays plain
-    Python, tuples lists, paths strings; anything else is an error, not a silent str()."""
+    Python, tuples lists, paths strings. Anything else goes to `default` (e.g. `str` for
+    the dates YAML can hold), or is an error rather than a silent str()."""
     if isinstance(v, float):
         return v if math.isfinite(v) else None
     if isinstance(v, Mapping):
-        return {str(k): jsonable(x) for k, x in v.items()}
+        return {str(k): jsonable(x, default=default) for k, x in v.items()}
     if isinstance(v, (list, tuple)):
-        return [jsonable(x) for x in v]
+        return [jsonable(x, default=default) for x in v]
     if isinstance(v, (str, int, bool)) or v is None:
         return v
     if hasattr(v, "tolist"):  # numpy scalar or array
-        return jsonable(v.tolist())
+        return jsonable(v.tolist(), default=default)
     if isinstance(v, PurePath):
         return str(v)
+    if default is not None:
+        return default(v)
     raise TypeError(f"not JSON-ready: {type(v).__name__}")
 
 

@@ -21,8 +21,8 @@ from audit.check import Check, Measurement, Metric
 from audit.context import Context
 from audit.errors import AuditInputError, SkipCheck
 from audit.registry import registry
-from audit.results import CheckResult, Results, ThresholdResult, area_of
-from audit.spec import AuditSpec, CheckEntry, Threshold, check_params
+from audit.results import CheckResult, Results, ThresholdResult, jsonable
+from audit.spec import AuditSpec, CheckEntry, Threshold
 
 _RANK = {"pass": 0, "warn": 1, "fail": 2}
 
@@ -81,13 +81,10 @@ class Runner:
         for role in sorted(roles):
             ctx.preflight(role)
         for entry in self.spec.checks:
-            cls = registry.get(entry.check)
-            pre = getattr(cls, "preflight", None)
-            if pre is not None:
-                try:
-                    pre(ctx, check_params(self.spec, entry))
-                except AuditInputError as exc:
-                    raise type(exc)(str(exc), where=f"{self.spec.source}: check '{entry.id}'") from None
+            try:
+                registry.get(entry.check).preflight(ctx, entry.typed_params)
+            except AuditInputError as exc:
+                raise type(exc)(str(exc), where=f"{self.spec.source}: check '{entry.id}'") from None
 
     def missing(self, cls: type[Check], params: Any) -> str | None:
         ctx = self.ctx
@@ -112,7 +109,7 @@ class Runner:
         reason = ""
         status: str
         try:
-            params = check_params(self.spec, entry)
+            params = entry.typed_params
             skip = self.missing(cls, params)
             if skip:
                 raise SkipCheck(skip)
@@ -142,20 +139,20 @@ class Runner:
                 head = next(iter(measurement.metrics.items()), None)
                 messages.append("no thresholds (informational)" + (
                     f"; {head[0]} {_fmt(head[1].value)}" if head and head[1].value is not None else ""))
-            for flag in _flags(measurement):
+            for flag in measurement.flags:
                 # A sanity flag (e.g. gradient masking) caps the check at warn.
                 if status == "pass":
                     status = "warn"
-                messages.append(f"flag: {flag}")
+                messages.append(f"flag: {flag.flag}")
         result = CheckResult(
             id=entry.id, check=entry.check, version=cls.version, clause=entry.clause, status=status,
-            data=entry.data, area=getattr(cls, "area", None) or area_of(entry.check),
-            summary=cls.summary,
+            data=entry.data, area=cls.area, summary=cls.summary, confidence=entry.confidence,
+            params=entry.typed_params.model_dump(mode="json") if entry._typed is not None else dict(entry.params),
             metrics={k: m.to_json() for k, m in (measurement.metrics.items() if measurement else [])},
-            metric_info={k: {"higher_is_better": hib, "description": cls.descriptions.get(k, "")}
-                         for k, hib in cls.metrics.items()},
+            metric_info={k: spec.to_json() for k, spec in cls.metrics.items()},
             thresholds=tuple(thresholds),
             message="; ".join(messages) if measurement is not None else reason,
+            flags=tuple(f.to_json() for f in measurement.flags) if measurement else (),
             evidence=tuple(measurement.evidence) if measurement else (),
             duration_s=time.perf_counter() - t0, traceback=tb,
         )
@@ -165,7 +162,7 @@ class Runner:
     def finish(self) -> Results:
         ctx = self.ctx
         checks = tuple(self.results[e.id] for e in self.spec.checks if e.id in self.results)
-        model = ctx._model
+        model = ctx.model if ctx.model_loaded else None
         import torch
 
         provenance = {
@@ -181,7 +178,7 @@ class Runner:
             "compute": ctx.compute(),
             "timings": {k: round(v, 4) for k, v in ctx.timings.items()}
             | {f"check:{c.id}": round(c.duration_s, 4) for c in checks},
-            "spec": _jsonable(self.spec.raw),
+            "spec": jsonable(self.spec.raw, default=str),
         }
         return Results(
             name=self.spec.name, standard=self.spec.standard, checks=checks, provenance=provenance,
@@ -189,14 +186,6 @@ class Runner:
             model=model.card() if model else None,
             training=model.training if model else None,
         )
-
-
-def _flags(m: Measurement) -> list[str]:
-    out = []
-    for ev in m.evidence:
-        if ev.get("type") == "flags":
-            out.extend(f["flag"] for f in ev.get("flags", []))
-    return out
 
 
 def _lib_versions() -> dict[str, str]:
@@ -209,16 +198,6 @@ def _lib_versions() -> dict[str, str]:
         except PackageNotFoundError:
             pass
     return out
-
-
-def _jsonable(obj: Any) -> Any:
-    if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, (str, int, float, bool)) or obj is None:
-        return obj
-    return str(obj)
 
 
 def run_audit(spec: AuditSpec, *, device: str | None = None,

@@ -12,8 +12,9 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
+from audit.check import DEFAULT_CONFIDENCE
 from audit.errors import SpecError, did_you_mean
 
 RESERVED_CHECK_KEYS = ("id", "check", "data", "clause", "thresholds", "confidence")
@@ -119,8 +120,16 @@ class CheckEntry(_Strict):
     data: str = "test"
     clause: str | None = None
     thresholds: dict[str, Threshold] = Field(default_factory=dict)
-    confidence: float = Field(0.95, gt=0.5, lt=1.0)
+    confidence: float = Field(DEFAULT_CONFIDENCE, gt=0.5, lt=1.0)
     params: dict[str, Any] = Field(default_factory=dict)
+    # the check's typed Params, validated once when the spec is loaded
+    _typed: Any = PrivateAttr(default=None)
+
+    @property
+    def typed_params(self) -> Any:
+        if self._typed is None:
+            raise RuntimeError(f"check '{self.id}': parameters not validated (load the spec with the registry)")
+        return self._typed
 
     @model_validator(mode="before")
     @classmethod
@@ -334,16 +343,8 @@ def validate_checks(spec: AuditSpec) -> None:
             else:
                 msg = err["msg"].removeprefix("Value error, ")
             raise SpecError(msg, where=f"{where}.{yaml_path(loc)}") from None
-        validate = getattr(cls, "validate_params", None)
-        if validate is not None:
-            try:
-                validate(params, spec)
-            except ValueError as exc:
-                raise SpecError(str(exc), where=where) from None
-
-
-def check_params(spec: AuditSpec, entry: CheckEntry) -> Any:
-    from audit.registry import registry
-
-    cls = registry.get(entry.check)
-    return cls.Params.model_validate({**entry.params, "data": entry.data, "confidence": entry.confidence})
+        try:
+            cls.validate_params(params, spec)
+        except ValueError as exc:
+            raise SpecError(str(exc), where=where) from None
+        entry._typed = params
