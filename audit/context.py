@@ -21,23 +21,16 @@ from typing import Any
 import numpy as np
 import torch
 
+from audit.data import DatasetStore
 from audit.dataset import Dataset, LoadedModel
-from audit.errors import DataError, ModelError
+from audit.device import resolve_device
+from audit.errors import ModelError
 from audit.seeding import seeded_rng
 from audit.spec import AuditSpec
 
 # A model a check may run: a torch module (run under inference mode, batched on the
 # device), or any callable from a numpy batch to numpy logits (an ONNX Runtime session).
 Runnable = torch.nn.Module | Callable[[np.ndarray], np.ndarray]
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(name)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ModelError(f"device '{name}' requested but CUDA is not available", where="device")
-    return dev
 
 
 def predict_logits(module: torch.nn.Module, x: np.ndarray | torch.Tensor, device: torch.device | str = "cpu",
@@ -98,11 +91,11 @@ class Context:
         self.progress = progress
         self.forward_samples = 0
         self.backward_samples = 0
-        self._datasets: dict[str, Dataset] = {}
+        self.timings: dict[str, float] = {}
+        self._data = DatasetStore(spec, timings=self.timings)
         self._model: LoadedModel | None = None
         self._logits: dict[str, np.ndarray] = {}
         self._derived: dict[tuple[str, str], np.ndarray] = {}
-        self.timings: dict[str, float] = {}
 
     # ---- randomness ----------------------------------------------------------------
     def rng(self, purpose: str) -> np.random.Generator:
@@ -127,27 +120,19 @@ class Context:
                            "data": {name: {"fixture": "in-memory"} for name in datasets},
                            "checks": []}, check_registry=False)
         ctx = cls(spec)
-        ctx._datasets = dict(datasets)
+        ctx._data.add(datasets)
         ctx._model = _prepared(model, ctx.device)
         return ctx
 
     def has_dataset(self, name: str) -> bool:
-        return name in self._datasets or name in self.spec.data or name in self.spec.domains
+        return self._data.has(name)
 
     def dataset(self, name: str) -> Dataset:
-        if name not in self._datasets:
-            from audit.data import load_dataset
-
-            if not self.has_dataset(name):
-                raise DataError(f"the spec defines no dataset '{name}'")
-            t0 = time.perf_counter()
-            self._datasets[name] = load_dataset(self.spec, name, get_dataset=self.dataset)
-            self.timings[f"load:{name}"] = time.perf_counter() - t0
-        return self._datasets[name]
+        return self._data.get(name)
 
     @property
     def loaded_datasets(self) -> dict[str, Dataset]:
-        return dict(self._datasets)
+        return self._data.loaded
 
     @property
     def model_loaded(self) -> bool:

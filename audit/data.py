@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import time
 import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -34,6 +35,35 @@ from audit.spec import AuditSpec, DataEntry
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 TABLE_SUFFIXES = (".csv", ".parquet")
+
+
+class DatasetStore:
+    """The datasets of one spec, each loaded once, on first use."""
+
+    def __init__(self, spec: AuditSpec, timings: dict[str, float] | None = None) -> None:
+        self.spec = spec
+        self.timings = timings if timings is not None else {}
+        self._loaded: dict[str, Dataset] = {}
+
+    def add(self, datasets: dict[str, Dataset]) -> None:
+        """Datasets already in memory (tests, notebooks)."""
+        self._loaded.update(datasets)
+
+    def has(self, name: str) -> bool:
+        return name in self._loaded or name in self.spec.data or name in self.spec.domains
+
+    def get(self, name: str) -> Dataset:
+        if name not in self._loaded:
+            if not self.has(name):
+                raise DataError(f"the spec defines no dataset '{name}'.{did_you_mean(name, self.spec.dataset_names())}")
+            t0 = time.perf_counter()
+            self._loaded[name] = load_dataset(self.spec, name, get_dataset=self.get)
+            self.timings[f"load:{name}"] = time.perf_counter() - t0
+        return self._loaded[name]
+
+    @property
+    def loaded(self) -> dict[str, Dataset]:
+        return dict(self._loaded)
 
 
 @dataclass(frozen=True)

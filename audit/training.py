@@ -342,15 +342,15 @@ def train_model(spec: AuditSpec, get_dataset: Callable[[str], Dataset], *, devic
 
 def train_and_save(spec: AuditSpec, device: str | None = None, progress: Progress | None = None) -> LoadedModel:
     """`audit train SPEC`: train the spec's model and save it, without auditing."""
-    from audit.context import Context, resolve_device
+    from audit.data import DatasetStore
+    from audit.device import resolve_device
 
     if spec.model.train is None:
         raise AuditInputError("the spec has no model.train section", where=f"{spec.source}: model")
     if not spec.model.save:
         raise AuditInputError("`audit train` needs model.save: where to write the trained weights",
                               where=f"{spec.source}: model.save")
-    ctx = Context(spec, device=device, progress=progress)
-    return train_model(spec, ctx.dataset, device=resolve_device(device or spec.device), progress=progress)
+    return train_model(spec, DatasetStore(spec).get, device=resolve_device(device or spec.device), progress=progress)
 
 
 # ---- saving and loading -----------------------------------------------------------------------

@@ -92,7 +92,7 @@ def test_bins_match_sklearn_calibration_curve() -> None:
     assert sum(r[1] for r in bins["rows"]) == len(y)
     np.testing.assert_allclose([r[2] for r in nonempty], prob_pred, atol=1e-12)
     np.testing.assert_allclose([r[3] for r in nonempty], prob_true, atol=1e-12)
-    assert any(e["type"] == "figure" and e["svg"].lstrip().startswith("<svg") for e in m.evidence)
+    assert any(e["type"] == "chart" and e["chart"] == "reliability_diagram" for e in m.evidence)
 
 
 def test_planted_overconfidence_is_caught() -> None:

@@ -57,7 +57,7 @@ def test_latency_reports_p95_for_batch_sizes_1_and_64(digits_cnn: LoadedModel, d
     n_floats = sum(v.numel() for v in digits_cnn.module.state_dict().values() if v.dtype == torch.float32)
     assert 4 * n_floats / 1e6 < m.metrics["size_mb"].value < 4 * n_floats / 1e6 + 0.01
     assert ctx.forward_samples == (1 + 64) * (20 + 2)  # warm-up and timed calls are counted
-    assert any(e["type"] == "figure" and "<svg" in e["svg"] for e in m.evidence)
+    assert any(e["type"] == "chart" and e["chart"] == "bar" for e in m.evidence)
 
 
 def test_latency_params_validate() -> None:

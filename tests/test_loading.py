@@ -16,7 +16,7 @@ from PIL import Image
 from audit.context import Context
 from audit.dataset import LoadedModel
 from audit.errors import DataError, ModelError, SpecError
-from audit.loading import file_sha256
+from audit.data import file_sha256
 from audit.spec import parse_spec
 from audit.zoo.cnn import CNN
 

@@ -11,7 +11,7 @@ import torch
 from sklearn.metrics import (accuracy_score, balanced_accuracy_score, f1_score, log_loss, precision_score,
                              recall_score, roc_auc_score)
 
-from audit.check import Check, Measurement
+from audit.check import Check, Measurement, higher
 from audit.context import Context
 from audit.dataset import Dataset, LoadedModel
 from audit.registry import registry
@@ -125,9 +125,9 @@ def test_evidence_has_table_confusion_matrix_and_text() -> None:
     ctx = make_ctx(k=3, k_out=3)
     m = run(ClassificationPerformance, ctx, resamples=500, weight_resamples=200)
     kinds = [e["type"] for e in m.evidence]
-    assert kinds.count("figure") == 1 and "table" in kinds and "text" in kinds
-    fig = next(e for e in m.evidence if e["type"] == "figure")
-    assert fig["svg"].lstrip().startswith("<svg")
+    assert kinds.count("chart") == 1 and "table" in kinds and "text" in kinds
+    fig = next(e for e in m.evidence if e["type"] == "chart")
+    assert fig["chart"] == "confusion_matrix" and len(fig["data"]["cm"]) == len(fig["data"]["classes"])
     table = next(e for e in m.evidence if e["type"] == "table")
     assert sum(r[1] for r in table["rows"]) == len(ctx.dataset("test"))
 
@@ -149,7 +149,7 @@ def test_one_forward_pass_per_sample_for_the_three_checks() -> None:
 
 class _Boom(Check):
     name = "testing.boom"
-    metrics = {"x": True}
+    metrics = {"x": higher("a planted metric")}
 
     def run(self, ctx: Context, params: object) -> Measurement:
         raise RuntimeError("planted failure")

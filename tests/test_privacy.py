@@ -102,7 +102,7 @@ def test_overfit_model_leaks(splits, overfit, attack, min_auc) -> None:
     # One forward pass per sample: the attack reuses the cached outputs.
     assert ctx.forward_samples == len(members) + len(non_members)
     types = [e["type"] for e in m.evidence]
-    assert "figure" in types and "table" in types
+    assert "chart" in types and "table" in types
 
 
 def test_balanced_subsample_and_seeded(splits, unseen) -> None:

@@ -83,7 +83,7 @@ def test_domain_drops_match_sklearn_and_paired_bootstrap(domain_ctx: Context) ->
     ci_other = rows["other"][4]["ci"]
     se = np.sqrt(acc_in * (1 - acc_in) / len(y) + (acc_in - drops["other"]) * (1 - acc_in + drops["other"]) / 300)
     assert (ci_other[1] - ci_other[0]) == pytest.approx(2 * 1.96 * se, rel=0.25)
-    assert any(e["type"] == "figure" and "<svg" in e["svg"] for e in m.evidence)
+    assert any(e["type"] == "chart" and e["chart"] == "bar" for e in m.evidence)
 
 
 @pytest.mark.parametrize(("metric", "fn"), [
@@ -121,8 +121,8 @@ def test_corruption_grid_cached_and_consistent(digits) -> None:
     for name in ("mean_relative_accuracy", "worst_accuracy"):
         lo, hi = m.metrics[name].ci
         assert lo <= m.metrics[name].value <= hi and hi - lo > 0
-    fig = next(e for e in m.evidence if e["type"] == "figure")
-    assert "gaussian noise" in fig["svg"] and "contrast" in fig["svg"]
+    fig = next(e for e in m.evidence if e["type"] == "chart")
+    assert {"gaussian_noise", "contrast"} <= set(fig["data"]["curves"])
 
 
 def test_corruption_cell_ci_matches_per_sample_bootstrap() -> None:

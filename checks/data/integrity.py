@@ -21,7 +21,7 @@ from pydantic import Field
 from scipy.stats import chi2_contingency
 
 from audit import stats
-from audit.check import Check, Measurement, Metric, Params, figure, table, text
+from audit.check import Check, Measurement, Metric, Params, chart, higher, lower, table, text
 from audit.context import Context
 from audit.dataset import Dataset
 from audit.registry import register_check
@@ -105,20 +105,17 @@ class DataIntegrity(Check):
     version = 1
     requires = ("data",)
     summary = "Leakage between train and test, exact duplicates, missing values and label balance."
+    area = "data"
     metrics = {
-        "train_test_overlap": False,
-        "duplicate_fraction": False,
-        "missing_fraction": False,
-        "class_imbalance_ratio": False,
-        "label_shift_pvalue": True,
-    }
-    descriptions = {
-        "train_test_overlap": "Fraction of the audited rows whose exact bytes also occur in the training set (leakage).",
-        "duplicate_fraction": "Fraction of the audited rows that are exact copies of an earlier row of the same set.",
-        "missing_fraction": "Fraction of feature values that are missing (NaN).",
-        "class_imbalance_ratio": "Largest class count divided by the smallest (classes present in the audited set).",
-        "label_shift_pvalue": "Chi-square test p-value that train and audited label distributions are the same; "
-                              "small values indicate label shift.",
+        "train_test_overlap": lower("Fraction of the audited rows whose exact bytes also occur in the training "
+                                    "set (leakage).", proportion=True),
+        "duplicate_fraction": lower("Fraction of the audited rows that are exact copies of an earlier row of the "
+                                    "same set.", proportion=True),
+        "missing_fraction": lower("Fraction of feature values that are missing (NaN).", proportion=True),
+        "class_imbalance_ratio": lower("Largest class count divided by the smallest (classes present in the "
+                                       "audited set).", bounds=(1.0, None)),
+        "label_shift_pvalue": higher("Chi-square test p-value that train and audited label distributions are the "
+                                     "same; small values indicate label shift.", bounds=(0.0, 1.0)),
     }
     Params = IntegrityParams
 
@@ -209,8 +206,6 @@ class DataIntegrity(Check):
                   overlap_rows: np.ndarray, overlap_train: np.ndarray, counts: np.ndarray,
                   train_counts: np.ndarray | None, miss: np.ndarray, metrics: dict[str, Metric],
                   notes: list[str]) -> list[dict]:
-        from reports import plots_data
-
         n = len(ds)
         y = np.asarray(ds.y, dtype=np.int64)
         rows: list[list[Any]] = []
@@ -261,10 +256,10 @@ class DataIntegrity(Check):
             shares = draws / np.maximum(draws.sum(axis=1, keepdims=True), 1)
             lo, hi = np.quantile(shares, [(1 - params.confidence) / 2, (1 + params.confidence) / 2], axis=0)
             series[split] = ((c / max(c.sum(), 1)).tolist(), lo.tolist(), hi.tolist())
-        evidence.append(figure(
-            "Class distribution",
-            plots_data.class_shares_svg(list(ds.classes), series, title="Class shares per split",
-                                           ylabel="share of rows"),
+        evidence.append(chart(
+            "class_shares", "Class distribution",
+            {"classes": list(ds.classes), "splits": series, "title": "Class shares per split",
+             "ylabel": "share of rows"},
             caption=f"Share of each class per split, with {params.confidence:.0%} bootstrap intervals."))
 
         if overlap_rows.size and params.max_examples and train is not None:

@@ -15,13 +15,11 @@ size of the weights serialized as safetensors (10^6 bytes), i.e. their size on d
 
 from __future__ import annotations
 
-import time
-
 import numpy as np
 import torch
 from pydantic import Field, field_validator
 
-from audit.check import Check, Measurement, Metric, Params, figure, table, text
+from audit.check import Check, Measurement, Metric, Params, chart, higher, lower, table, text
 from audit.registry import register_check
 from audit.stats import percentile_ci
 
@@ -39,29 +37,6 @@ class LatencyParams(Params):
         if any(b < 1 for b in v):
             raise ValueError("batch sizes must be at least 1")
         return sorted(set(v))
-
-
-def time_forward(module: torch.nn.Module, x: torch.Tensor, *, warmup: int, repeats: int,
-                 autocast=None) -> np.ndarray:
-    """Seconds per forward pass of `module` on `x` (already on its device), `repeats` samples."""
-    cuda = x.device.type == "cuda"
-    times = np.empty(repeats)
-    with torch.inference_mode(), (autocast if autocast is not None else _no_autocast(x.device)):
-        for _ in range(warmup):
-            module(x)
-        for i in range(repeats):
-            if cuda:
-                torch.cuda.synchronize(x.device)
-            t0 = time.perf_counter()
-            module(x)
-            if cuda:
-                torch.cuda.synchronize(x.device)
-            times[i] = time.perf_counter() - t0
-    return times
-
-
-def _no_autocast(device: torch.device):
-    return torch.autocast(device_type=device.type, enabled=False)
 
 
 def bootstrap_quantile(samples: np.ndarray, q: float, *, confidence: float, rng: np.random.Generator,
@@ -85,13 +60,17 @@ class Latency(Check):
     version = 1
     requires = ("data",)
     Params = LatencyParams
-    metrics = {"p95_ms": False, "p50_ms": False, "throughput": True, "params": False, "size_mb": False}
-    descriptions = {
-        "p95_ms": "95th-percentile latency of one forward call at the smallest batch size (ms).",
-        "p50_ms": "Median latency of one forward call at the smallest batch size (ms).",
-        "throughput": "Samples per second at the largest batch size (median call time).",
-        "params": "Number of model parameters.",
-        "size_mb": "Size of the weights serialized as safetensors (MB, 10^6 bytes).",
+    area = "deployment"
+    metrics = {
+        "p95_ms": lower("95th-percentile latency of one forward call at the smallest batch size.", unit="ms",
+                        bounds=(0.0, None)),
+        "p50_ms": lower("Median latency of one forward call at the smallest batch size.", unit="ms",
+                        bounds=(0.0, None)),
+        "throughput": higher("Samples per second at the largest batch size (median call time).",
+                             unit="samples/s", bounds=(0.0, None)),
+        "params": lower("Number of model parameters.", unit="parameters", bounds=(0.0, None)),
+        "size_mb": lower("Size of the weights serialized as safetensors (10^6 bytes).", unit="MB",
+                         bounds=(0.0, None)),
     }
     summary = "Per-call latency percentiles per batch size, throughput, parameter count and size on the audit's device."
 
@@ -104,9 +83,7 @@ class Latency(Check):
             idx = np.arange(bs) % len(ds)
             x = torch.as_tensor(ds.x[idx]).to(device)
             # the same precision as the audit's own inference (bf16 autocast on CUDA)
-            times = time_forward(module, x, warmup=params.warmup, repeats=params.repeats,
-                                 autocast=ctx._autocast())
-            ctx.forward_samples += bs * (params.warmup + params.repeats)
+            times = ctx.time_calls(None, x, warmup=params.warmup, repeats=params.repeats)
             ms = times * 1000.0
             rng = ctx.rng(f"{self.name}:{params.data}:{bs}")
             p50 = bootstrap_quantile(ms, 50, confidence=params.confidence, rng=rng)
@@ -133,10 +110,8 @@ class Latency(Check):
                  + f"; precision {'bf16 autocast' if device.type == 'cuda' else 'float32'}; "
                  f"input {tuple(ds.x.shape[1:])} {ds.x.dtype}; {n_params:,} parameters, {size_mb:.3f} MB."),
         ]
-        svg = _plot(per_bs)
-        if svg:
-            evidence.append(figure("Latency per batch size", svg,
-                                   caption="Median and 95th-percentile call latency with bootstrap CIs."))
+        evidence.append(chart("bar", "Latency per batch size", _bars(per_bs),
+                              caption="Median and 95th-percentile call latency with bootstrap CIs."))
         return Measurement(metrics=metrics, evidence=evidence)
 
 
@@ -145,11 +120,7 @@ def _cell(m: Metric, digits: int = 4) -> dict:
     return {"value": round(m.value, digits), "ci": ci}
 
 
-def _plot(per_bs: dict) -> str | None:
-    try:
-        from reports.plots import bar_chart_svg
-    except ImportError:
-        return None
+def _bars(per_bs: dict) -> dict:
     labels, values, lo, hi = [], [], [], []
     for bs, (p50, p95, _, _) in per_bs.items():
         for name, m in (("p50", p50), ("p95", p95)):
@@ -157,4 +128,4 @@ def _plot(per_bs: dict) -> str | None:
             values.append(m.value)
             lo.append(m.ci[0] if m.ci else m.value)
             hi.append(m.ci[1] if m.ci else m.value)
-    return bar_chart_svg(labels, values, lo, hi, title="Call latency", ylabel="ms")
+    return {"labels": labels, "values": values, "ci_lo": lo, "ci_hi": hi, "title": "Call latency", "ylabel": "ms"}

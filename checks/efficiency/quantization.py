@@ -31,7 +31,7 @@ import torch
 from pydantic import Field
 from torch import nn
 
-from audit.check import Check, Measurement, Metric, Params, cell, table, text
+from audit.check import Check, Measurement, Metric, Params, cell, higher, lower, table, text
 from audit.context import logits_to_proba
 from audit.errors import SkipCheck
 from audit.registry import register_check
@@ -100,10 +100,9 @@ def _agreement(c: np.ndarray) -> np.ndarray:
     return c[..., 0] / c.sum(axis=-1)
 
 
-def _predict(module: nn.Module, x: np.ndarray, batch_size: int) -> np.ndarray:
-    from audit.context import predict_logits
-
-    return logits_to_proba(predict_logits(module, x, "cpu", batch_size)).argmax(axis=1)
+def _predict(ctx, module: nn.Module, x: np.ndarray, what: str) -> np.ndarray:
+    """Float32 predictions of `module` on the CPU, counted by the context."""
+    return logits_to_proba(ctx.run_model(module, x, what=what, device="cpu", precision="float32")).argmax(axis=1)
 
 
 @register_check
@@ -112,20 +111,20 @@ class Quantization(Check):
     version = 1
     requires = ("data",)
     Params = QuantizationParams
-    metrics = {"accuracy_drop": False, "quantized_accuracy": True, "prediction_agreement": True,
-               "size_ratio": False, "speedup": True}
-    descriptions = {
-        "accuracy_drop": "Accuracy of the float32 model minus that of its dynamic int8 copy (CPU), paired CI.",
-        "quantized_accuracy": "Accuracy of the dynamic int8 copy.",
-        "prediction_agreement": "Share of samples where the int8 copy predicts the same class as float32.",
-        "size_ratio": "Serialized size of the int8 copy over that of the float32 model.",
-        "speedup": "Median float32 call time over median int8 call time on the CPU (above 1: int8 is faster).",
+    area = "deployment"
+    metrics = {
+        "accuracy_drop": lower("Accuracy of the float32 model minus that of its dynamic int8 copy (CPU), "
+                               "paired CI.", bounds=(-1.0, 1.0)),
+        "quantized_accuracy": higher("Accuracy of the dynamic int8 copy.", proportion=True),
+        "prediction_agreement": higher("Share of samples where the int8 copy predicts the same class as "
+                                       "float32.", proportion=True),
+        "size_ratio": lower("Serialized size of the int8 copy over that of the float32 model.", bounds=(0.0, None)),
+        "speedup": higher("Median float32 call time over median int8 call time on the CPU (above 1: int8 is "
+                          "faster).", unit="x", bounds=(0.0, None)),
     }
     summary = "Dynamic int8 quantization (CPU): accuracy drop with a paired CI, size ratio and speed-up."
 
     def run(self, ctx, params: QuantizationParams) -> Measurement:
-        from checks.efficiency.latency import time_forward
-
         module = ctx.model.module
         if isinstance(module, torch.jit.ScriptModule):
             raise SkipCheck("a TorchScript model cannot be quantized dynamically in eager mode")
@@ -145,11 +144,9 @@ class Quantization(Check):
         if ctx.device.type == "cpu":
             pred_o = ctx.predictions(params.data)[idx]  # the audit's own float32 CPU predictions
         else:  # the audit ran on an accelerator (bf16): compare like with like on the CPU
-            pred_o = _predict(fp32, x, ctx.batch_size)
-            ctx.forward_samples += len(idx)
+            pred_o = _predict(ctx, fp32, x, "float32 copy (CPU)")
         with int8_inference():
-            pred_q = _predict(q, x, ctx.batch_size)
-        ctx.forward_samples += len(idx)
+            pred_q = _predict(ctx, q, x, "dynamic int8 copy")
 
         co, cq = (pred_o == y).astype(int), (pred_q == y).astype(int)
         cm = np.bincount(co * 2 + cq, minlength=4).reshape(2, 2)
@@ -163,10 +160,9 @@ class Quantization(Check):
         size_o, size_q = serialized_size(fp32), serialized_size(q)
         bidx = np.arange(params.batch_size) % n
         xb = torch.as_tensor(ds.x[bidx])
-        t_o = time_forward(fp32, xb, warmup=params.warmup, repeats=params.repeats)
+        t_o = ctx.time_calls(fp32, xb, warmup=params.warmup, repeats=params.repeats, precision="float32")
         with int8_inference():
-            t_q = time_forward(q, xb, warmup=params.warmup, repeats=params.repeats)
-        ctx.forward_samples += 2 * params.batch_size * (params.warmup + params.repeats)
+            t_q = ctx.time_calls(q, xb, warmup=params.warmup, repeats=params.repeats, precision="float32")
         speedup = _ratio_of_medians(t_o, t_q, params.confidence, ctx.rng(f"{self.name}:{params.data}:speed"))
 
         n_q = sum(p.numel() for name in linears for p in module.get_submodule(name).parameters(recurse=False))

@@ -21,7 +21,7 @@ from fairlearn.metrics import MetricFrame, false_positive_rate, selection_rate, 
 from pydantic import Field, field_validator
 from sklearn.metrics import accuracy_score
 
-from audit.check import Check, Measurement, Metric, Params, cell, figure, table, text
+from audit.check import Check, Measurement, Metric, Params, cell, chart, higher, lower, table, text
 from audit.context import Context
 from audit.dataset import Dataset
 from audit.errors import DataError
@@ -241,19 +241,21 @@ class GroupFairness(Check):
     version = 1
     requires = ("data", "sensitive")
     summary = "Per-group selection, error and accuracy rates and the gaps between groups, with CIs."
+    area = "fairness"
     metrics = {
-        "demographic_parity_difference": False,
-        "demographic_parity_ratio": True,
-        "equalized_odds_difference": False,
-        "equal_opportunity_difference": False,
-        "accuracy_difference": False,
-    }
-    descriptions = {
-        "demographic_parity_difference": "Largest minus smallest share of each group predicted positive (0 = every group is selected at the same rate).",
-        "demographic_parity_ratio": "Smallest over largest group selection rate (1 = parity; the 'four-fifths rule' asks for at least 0.8).",
-        "equalized_odds_difference": "The larger of the between-group gaps in true positive rate and in false positive rate (0 = equal error rates).",
-        "equal_opportunity_difference": "Largest minus smallest true positive rate: how much more often truly positive members of one group are recognised than another's.",
-        "accuracy_difference": "Largest minus smallest per-group accuracy.",
+        "demographic_parity_difference": lower(
+            "Largest minus smallest share of each group predicted positive (0 = every group is selected at the "
+            "same rate).", bounds=(0.0, 1.0)),
+        "demographic_parity_ratio": higher(
+            "Smallest over largest group selection rate (1 = parity; the 'four-fifths rule' asks for at least "
+            "0.8).", bounds=(0.0, 1.0)),
+        "equalized_odds_difference": lower(
+            "The larger of the between-group gaps in true positive rate and in false positive rate (0 = equal "
+            "error rates).", bounds=(0.0, 1.0)),
+        "equal_opportunity_difference": lower(
+            "Largest minus smallest true positive rate: how much more often truly positive members of one group "
+            "are recognised than another's.", bounds=(0.0, 1.0)),
+        "accuracy_difference": lower("Largest minus smallest per-group accuracy.", bounds=(0.0, 1.0)),
     }
     Params = GroupFairnessParams
 
@@ -314,19 +316,18 @@ class GroupFairness(Check):
         gap_table = table("Groups that set the gaps", ["rate", "highest group", "rate (CI)", "lowest group", "rate (CI)"],
                           extremes, note=f"Among the {len(idx)} groups with at least {params.min_group_size} samples.")
 
-        from reports.plots_fairness import group_rates_svg
-
         series = {}
         for r, label in (("selection_rate", "selection rate"), ("tpr", "TPR"), ("fpr", "FPR")):
             vals = by[r].to_numpy()
             cis = rate_ci[r]
             series[label] = (vals, [c[0] if c else np.nan for c in cis], [c[1] if c else np.nan for c in cis])
-        chart = figure("Per-group rates",
-                       group_rates_svg([groups.label(g) for g in range(len(groups.keys))], series,
-                                       insufficient=list(~sufficient),
-                                       title=f"Rates by {' x '.join(groups.attrs)} (positive: {_short(pos_name)})"),
-                       caption=f"Whiskers: {params.confidence:.0%} bootstrap CIs."
-                               + (" * insufficient data (faded), not in the gaps." if n_ins else ""))
+        rates_chart = chart(
+            "group_rates", "Per-group rates",
+            {"groups": [groups.label(g) for g in range(len(groups.keys))], "series": series,
+             "insufficient": [bool(v) for v in ~sufficient],
+             "title": f"Rates by {' x '.join(groups.attrs)} (positive: {_short(pos_name)})"},
+            caption=f"Whiskers: {params.confidence:.0%} bootstrap CIs."
+                    + (" * insufficient data (faded), not in the gaps." if n_ins else ""))
 
         ovr = (f" The task has {ds.n_classes} classes, so it is audited one-vs-rest: a sample is "
                f"'positive' when its true class is '{pos_name}' and 'selected' when the model "
@@ -344,7 +345,7 @@ class GroupFairness(Check):
             "Confidence intervals resample the group x label x prediction counts "
             f"({COUNT_RESAMPLES} multinomial resamples), so a gap measured on few samples gets a wide "
             "interval and an inconclusive verdict rather than a pass."))
-        return [explain, gap_table, group_table, chart]
+        return [explain, gap_table, group_table, rates_chart]
 
 
 def _short(s: str, n: int = 20) -> str:

@@ -20,7 +20,7 @@ import numpy as np
 from pydantic import Field
 
 from audit import stats
-from audit.check import Check, Measurement, Metric, Params, figure, table, text
+from audit.check import Check, Measurement, Metric, Params, chart, lower, table, text
 from audit.context import Context
 from audit.registry import register_check
 
@@ -91,19 +91,18 @@ class Calibration(Check):
     version = 1
     requires = ("data",)
     summary = "Whether predicted confidences match observed accuracy (reliability diagram, ECE, Brier)."
-    metrics = {"ece": False, "mce": False, "brier": False}
-    descriptions = {
-        "ece": "Expected calibration error: bin-size-weighted mean gap between confidence and "
-               "accuracy over equal-width confidence bins.",
-        "mce": "Maximum calibration error: the largest confidence-accuracy gap of any non-empty bin.",
-        "brier": "Multiclass Brier score: mean squared distance between the probability vector and "
-                 "the one-hot label (range 0-2; twice the customary binary score).",
+    area = "evaluation"
+    metrics = {
+        "ece": lower("Expected calibration error: bin-size-weighted mean gap between confidence and "
+                     "accuracy over equal-width confidence bins.", bounds=(0.0, 1.0)),
+        "mce": lower("Maximum calibration error: the largest confidence-accuracy gap of any non-empty bin.",
+                     bounds=(0.0, 1.0)),
+        "brier": lower("Multiclass Brier score: mean squared distance between the probability vector and "
+                       "the one-hot label (range 0-2; twice the customary binary score).", bounds=(0.0, 2.0)),
     }
     Params = CalibrationParams
 
     def run(self, ctx: Context, params: CalibrationParams) -> Measurement:
-        from reports import plots
-
         ds = ctx.dataset(params.data)
         proba = ctx.probabilities(params.data)  # cached: one forward pass per sample
         y = np.asarray(ds.y, dtype=np.int64)
@@ -138,9 +137,9 @@ class Calibration(Check):
                    f"{'over' if over > 0 else 'under'}-confident by {abs(over):.3f} on average.")
         evidence = [
             text("Summary", summary),
-            figure("Reliability diagram",
-                   plots.reliability_diagram_svg(bin_conf, bin_acc, count),
-                   caption="Accuracy per confidence bin against the diagonal of perfect calibration."),
+            chart("reliability_diagram", "Reliability diagram",
+                  {"bin_conf": bin_conf, "bin_acc": bin_acc, "bin_count": count},
+                  caption="Accuracy per confidence bin against the diagonal of perfect calibration."),
             table("Confidence bins", ["bin", "count", "mean confidence", "accuracy", "accuracy - confidence"],
                   rows),
         ]

@@ -21,7 +21,7 @@ import numpy as np
 from pydantic import Field
 
 from audit import stats
-from audit.check import Check, Measurement, Metric, Params, cell, figure, table, text
+from audit.check import Check, Measurement, Metric, Params, cell, chart, higher, lower, table, text
 from audit.context import Context
 from audit.registry import register_check
 
@@ -113,26 +113,20 @@ class ClassificationPerformance(Check):
     version = 1
     requires = ("data",)
     summary = "Held-out classification metrics with bootstrap confidence intervals, per class."
+    area = "evaluation"
     metrics = {
-        "accuracy": True,
-        "balanced_accuracy": True,
-        "f1_macro": True,
-        "precision_macro": True,
-        "recall_macro": True,
-        "roc_auc": True,
-        "log_loss": False,
-        "worst_class_recall": True,
-    }
-    descriptions = {
-        "accuracy": "Fraction of samples whose predicted class (arg-max probability) is the true class.",
-        "balanced_accuracy": "Mean per-class recall over the classes present in the data.",
-        "f1_macro": "Unweighted mean of per-class F1 scores.",
-        "precision_macro": "Unweighted mean of per-class precision (0 for a class never predicted).",
-        "recall_macro": "Unweighted mean of per-class recall.",
-        "roc_auc": "Area under the ROC curve: positive-class score for binary tasks, "
-                   "macro one-vs-rest mean for multiclass.",
-        "log_loss": "Mean cross-entropy of the true class (natural log); lower is better.",
-        "worst_class_recall": "Lowest recall of any class present in the data.",
+        "accuracy": higher("Fraction of samples whose predicted class (arg-max probability) is the true class.",
+                           proportion=True),
+        "balanced_accuracy": higher("Mean per-class recall over the classes present in the data.", bounds=(0.0, 1.0)),
+        "f1_macro": higher("Unweighted mean of per-class F1 scores.", bounds=(0.0, 1.0)),
+        "precision_macro": higher("Unweighted mean of per-class precision (0 for a class never predicted).",
+                                  bounds=(0.0, 1.0)),
+        "recall_macro": higher("Unweighted mean of per-class recall.", bounds=(0.0, 1.0)),
+        "roc_auc": higher("Area under the ROC curve: positive-class score for binary tasks, "
+                          "macro one-vs-rest mean for multiclass.", bounds=(0.0, 1.0)),
+        "log_loss": lower("Mean cross-entropy of the true class (natural log); lower is better.", unit="nats",
+                          bounds=(0.0, None)),
+        "worst_class_recall": higher("Lowest recall of any class present in the data.", bounds=(0.0, 1.0)),
     }
     Params = ClassificationParams
 
@@ -193,8 +187,6 @@ class ClassificationPerformance(Check):
     def _evidence(self, classes: list[str], cm: np.ndarray, metrics: dict[str, Metric],
                   recall_ci: list[tuple[float, float] | None], params: ClassificationParams,
                   notes: list[str], n: int) -> list[dict]:
-        from reports import plots
-
         k = len(classes)
         support = cm.sum(axis=1)
         with np.errstate(divide="ignore", invalid="ignore"):
@@ -228,8 +220,8 @@ class ClassificationPerformance(Check):
         return [
             text("Summary", " ".join(lines)),
             per_class,
-            figure("Confusion matrix", plots.confusion_matrix_svg(cm, classes),
-                   caption="Rows: true class; columns: predicted class (arg-max probability)."),
+            chart("confusion_matrix", "Confusion matrix", {"cm": cm.tolist(), "classes": list(classes)},
+                  caption="Rows: true class; columns: predicted class (arg-max probability)."),
         ]
 
 

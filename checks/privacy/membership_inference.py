@@ -16,7 +16,7 @@ import numpy as np
 from pydantic import Field
 from sklearn.metrics import roc_auc_score, roc_curve
 
-from audit.check import Check, Measurement, Metric, Params, figure, table, text
+from audit.check import Check, Measurement, Metric, Params, chart, lower, table, text
 from audit.context import Context
 from audit.errors import SkipCheck
 from audit.registry import register_check
@@ -59,10 +59,12 @@ class MembershipInference(Check):
     version = 1
     requires = ("data", "train")
     summary = "Threshold membership-inference attack: how well the model's outputs reveal its training members."
-    metrics = {"mia_auc": False, "mia_advantage": False}
-    descriptions = {
-        "mia_auc": "ROC AUC of the attack separating training members from unseen samples (0.5 = no leak, 1 = every member identified).",
-        "mia_advantage": "Best true-positive minus false-positive rate of the attack over all thresholds (0 = no better than guessing).",
+    area = "privacy"
+    metrics = {
+        "mia_auc": lower("ROC AUC of the attack separating training members from unseen samples (0.5 = no leak, "
+                         "1 = every member identified).", bounds=(0.0, 1.0)),
+        "mia_advantage": lower("Best true-positive minus false-positive rate of the attack over all thresholds "
+                               "(0 = no better than guessing).", bounds=(-1.0, 1.0)),
     }
     Params = MIAParams
 
@@ -100,8 +102,6 @@ class MembershipInference(Check):
 
     def _evidence(self, ctx: Context, params: MIAParams, n: int, mem_idx: np.ndarray, non_idx: np.ndarray,
                   scores: np.ndarray, fpr: np.ndarray, tpr: np.ndarray, metrics: dict[str, Metric]) -> list[dict[str, Any]]:
-        from reports.plots import roc_curve_svg
-
         train, held = ctx.dataset("train"), ctx.dataset(params.data)
         acc_m = float((ctx.predictions("train")[mem_idx] == train.y[mem_idx]).mean())
         acc_n = float((ctx.predictions(params.data)[non_idx] == held.y[non_idx]).mean())
@@ -127,7 +127,8 @@ class MembershipInference(Check):
                   ["sample", "n", f"mean {score_name}", "accuracy"], rows,
                   note=f"Members flagged when at most 1% of non-members are (TPR at FPR <= 1%): {low_fpr:.3f} "
                        "(0.01 = guessing); a leak that singles out a few records shows here first."),
-            figure("Attack ROC curve", roc_curve_svg(fpr, tpr, title=f"Membership inference ({params.attack} attack)"),
-                   caption="True positive rate (members flagged) against false positive rate (non-members flagged); "
-                           "the diagonal is guessing."),
+            chart("roc", "Attack ROC curve",
+                  {"fpr": fpr, "tpr": tpr, "title": f"Membership inference ({params.attack} attack)"},
+                  caption="True positive rate (members flagged) against false positive rate (non-members flagged); "
+                          "the diagonal is guessing."),
         ]

@@ -26,7 +26,7 @@ from pydantic import Field, field_validator
 from scipy.stats import binomtest
 
 from audit import attacks
-from audit.check import Check, Measurement, Metric, Params, cell, figure, flags, table, text
+from audit.check import Check, Flag, Measurement, Metric, Params, cell, chart, higher, lower, table, text
 from audit.context import Context
 from audit.errors import SkipCheck, SpecError
 from audit.registry import register_check
@@ -85,12 +85,12 @@ class AdversarialRobustness(Check):
     name = "robustness.adversarial"
     version = 1
     requires = ("data",)
-    metrics = {"robust_accuracy": True, "attack_success_rate": False}
-    descriptions = {
-        "robust_accuracy": "Share of samples classified correctly with no misclassified point found "
-                           "by the attack within the largest eps.",
-        "attack_success_rate": "Share of originally correct samples that the attack at the largest eps "
-                               "turned into misclassifications.",
+    area = "robustness"
+    metrics = {
+        "robust_accuracy": higher("Share of samples classified correctly with no misclassified point found "
+                                  "by the attack within the largest eps.", proportion=True),
+        "attack_success_rate": lower("Share of originally correct samples that the attack at the largest eps "
+                                     "turned into misclassifications.", proportion=True),
     }
     summary = "White-box FGSM/PGD attacks over an eps sweep, with gradient-masking sanity checks."
     Params = AdversarialParams
@@ -200,7 +200,7 @@ class AdversarialRobustness(Check):
         if examples is not None:
             evidence.append(self._examples(ds, x, examples, y_att, top))
         return Measurement(metrics={"robust_accuracy": robust_acc, "attack_success_rate": asr},
-                           evidence=evidence)
+                           evidence=evidence, flags=flag_items)
 
     # ---- pieces ---------------------------------------------------------------------------
     @staticmethod
@@ -214,8 +214,8 @@ class AdversarialRobustness(Check):
 
     @staticmethod
     def _masking_flags(params: AdversarialParams, rows: dict[float, dict[str, Any]], eps_list: list[float],
-                       n_att: int) -> list[dict[str, str]]:
-        out: list[dict[str, str]] = []
+                       n_att: int) -> list[Flag]:
+        out: list[Flag] = []
         name = params.attack.upper()
         for eps in eps_list:
             row = rows[eps]
@@ -226,32 +226,30 @@ class AdversarialRobustness(Check):
                     continue
                 p, only_ref, only_main = _weaker(row["robust"], row[ref])
                 if p < MASKING_ALPHA:
-                    out.append({"flag": f"{name} weaker than {label.split(' (')[0]} at eps {eps:g}",
-                                "detail": f"{label} fooled {only_ref} samples that {name} did not, "
-                                          f"{name} fooled {only_main} that it did not (sign test p = {p:.3g}); "
-                                          "a sign of masked or obfuscated gradients"})
+                    out.append(Flag(f"{name} weaker than {label.split(' (')[0]} at eps {eps:g}",
+                                    f"{label} fooled {only_ref} samples that {name} did not, "
+                                    f"{name} fooled {only_main} that it did not (sign test p = {p:.3g}); "
+                                    "a sign of masked or obfuscated gradients"))
             bad = row["bad_grad"]
             if n_att and bad.mean() >= BAD_GRAD_FRACTION:
-                out.append({"flag": f"zero or non-finite input gradients at eps {eps:g}",
-                            "detail": f"{int(bad.sum())} of {n_att} attacked samples "
-                                      f"({bad.mean():.0%}) had an all-zero or NaN/inf loss gradient "
-                                      "w.r.t. the input: gradient attacks cannot work there"})
+                out.append(Flag(f"zero or non-finite input gradients at eps {eps:g}",
+                                f"{int(bad.sum())} of {n_att} attacked samples "
+                                f"({bad.mean():.0%}) had an all-zero or NaN/inf loss gradient "
+                                "w.r.t. the input: gradient attacks cannot work there"))
         for small, large in zip(eps_list, eps_list[1:]):
             # Nested balls: robust accuracy must not rise with eps.
             p, rose, fell = _weaker(rows[large]["robust"], rows[small]["robust"])
             if p < MASKING_ALPHA:
-                out.append({"flag": f"robust accuracy rises from eps {small:g} to {large:g}",
-                            "detail": f"{rose} samples fooled at eps {small:g} survive eps {large:g} "
-                                      f"({fell} the other way; sign test p = {p:.3g}): the attack is "
-                                      "not finding points the larger ball contains"})
+                out.append(Flag(f"robust accuracy rises from eps {small:g} to {large:g}",
+                                f"{rose} samples fooled at eps {small:g} survive eps {large:g} "
+                                f"({fell} the other way; sign test p = {p:.3g}): the attack is "
+                                "not finding points the larger ball contains"))
         return out
 
     @staticmethod
     def _evidence(params: AdversarialParams, ds: Any, curve: dict[str, dict[float, tuple[Metric, Metric]]],
                   clean: Metric, rows: dict[float, dict[str, Any]], eps_list: list[float],
-                  flag_items: list[dict[str, str]], n: int, n_att: int) -> list[dict[str, Any]]:
-        from reports.plots import line_chart_svg
-
+                  flag_items: list[Flag], n: int, n_att: int) -> list[dict[str, Any]]:
         name = params.attack.upper()
         unit = "std of each continuous feature" if ds.kind == "tabular" else "input units"
         labels = {"main": f"{name} ({params.norm})", "fgsm": f"FGSM ({params.norm})",
@@ -264,8 +262,6 @@ class AdversarialRobustness(Check):
             ms = [pts[e][0] for e in xs]
             series[labels[which]] = (xs, [m.value for m in ms], [m.ci[0] if m.ci else None for m in ms],
                                      [m.ci[1] if m.ci else None for m in ms])
-        svg = line_chart_svg(series, xlabel=f"eps ({params.norm}, {unit})", ylabel="robust accuracy",
-                             title="Robust accuracy vs eps", ylim=(0.0, 1.02))
         table_rows = []
         for eps in sorted(curve["main"]):  # the clean point (eps 0) is always listed
             ra, asr = curve["main"][eps]
@@ -282,18 +278,18 @@ class AdversarialRobustness(Check):
                                             if params.attack == "pgd" else "")
                + f"{n} samples ({n_att} correctly classified and attacked), clean accuracy {clean.value:.3f}; "
                f"eps in {unit}.")
-        ev = [figure("Robust accuracy vs eps", svg,
-                     caption=f"{cfg} Bands: {int(100 * params.confidence)}% bootstrap CIs. FGSM and "
-                             "uniform noise are the gradient-masking baselines."),
+        ev = [chart("line", "Robust accuracy vs eps",
+                    {"series": series, "xlabel": f"eps ({params.norm}, {unit})", "ylabel": "robust accuracy",
+                     "title": "Robust accuracy vs eps", "ylim": [0.0, 1.02]},
+                    caption=f"{cfg} Bands: {int(100 * params.confidence)}% bootstrap CIs. FGSM and "
+                            "uniform noise are the gradient-masking baselines."),
               table("Attack sweep", ["eps", "robust accuracy", "attack success rate",
                                      "FGSM robust acc.", "noise robust acc.", "bad-gradient share"],
                     table_rows, note=f"eps in {unit}; FGSM and noise columns are the gradient-masking baselines.")]
         checks_done = (["PGD not weaker than FGSM"] if params.attack == "pgd" else []) + [
             "not weaker than uniform noise", "robust accuracy non-increasing in eps",
             f"zero/NaN input gradients below {BAD_GRAD_FRACTION:.0%}"]
-        if flag_items:
-            ev.append(flags("Gradient-masking sanity checks", flag_items))
-        else:
+        if not flag_items:  # failures are the measurement's flags
             ev.append(text("Gradient-masking sanity checks",
                            "All passed (sign tests at alpha 0.05): " + "; ".join(checks_done) + "."))
         return ev
@@ -301,8 +297,6 @@ class AdversarialRobustness(Check):
     @staticmethod
     def _examples(ds: Any, x: torch.Tensor, examples: tuple[torch.Tensor, np.ndarray], y: np.ndarray,
                   eps: float) -> dict[str, Any]:
-        from reports.plots import image_grid_svg
-
         x_adv, adv_pred = examples
         fooled = np.flatnonzero(adv_pred != y)[:4]
         if len(fooled) == 0:
@@ -310,15 +304,15 @@ class AdversarialRobustness(Check):
         images: list[np.ndarray] = []
         titles: list[str] = []
         for i in fooled:
-            clean = x[i].cpu().numpy()
-            adv = x_adv[i].cpu().numpy()
+            clean = np.round(x[i].cpu().numpy().astype(np.float64), 4)
+            adv = np.round(x_adv[i].cpu().numpy().astype(np.float64), 4)
             images += [clean, adv, adv - clean]
             titles += [f"clean: {ds.classes[y[i]]}", f"adversarial: {ds.classes[adv_pred[i]]}",
                        "perturbation"]
-        svg = image_grid_svg(images, titles, ncols=3, title=f"Adversarial examples at eps {eps:g}")
-        return figure(f"Adversarial examples at eps {eps:g}", svg,
-                      caption="Originally correct samples the attack fooled: clean input, adversarial "
-                              "input with its predicted class, and the perturbation (contrast stretched).")
+        grid = {"images": images, "titles": titles, "ncols": 3, "title": f"Adversarial examples at eps {eps:g}"}
+        return chart("image_grid", f"Adversarial examples at eps {eps:g}", grid,
+                     caption="Originally correct samples the attack fooled: clean input, adversarial "
+                             "input with its predicted class, and the perturbation (contrast stretched).")
 
 
 # ---- helpers ---------------------------------------------------------------------------------

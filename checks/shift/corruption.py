@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 from pydantic import Field, field_validator
 
-from audit.check import Check, Measurement, Metric, Params, cell, figure, table
+from audit.check import Check, Measurement, Metric, Params, cell, chart, higher, table
 from audit.context import Context
 from audit.dataset import Dataset
 from audit.errors import DataError, SkipCheck, did_you_mean
@@ -52,11 +52,12 @@ class CorruptionShift(Check):
     name = "shift.corruption"
     version = 1
     requires = ("data",)
-    metrics = {"mean_relative_accuracy": True, "worst_accuracy": True}
-    descriptions = {
-        "mean_relative_accuracy": "Accuracy under corruption divided by clean accuracy, averaged over "
-                                  "the corruption x severity grid.",
-        "worst_accuracy": "Lowest accuracy of any corruption at any severity in the grid.",
+    area = "robustness"
+    metrics = {
+        "mean_relative_accuracy": higher("Accuracy under corruption divided by clean accuracy, averaged over "
+                                         "the corruption x severity grid.", bounds=(0.0, None)),
+        "worst_accuracy": higher("Lowest accuracy of any corruption at any severity in the grid.",
+                                 bounds=(0.0, 1.0)),
     }
     summary = "Accuracy under common corruptions at severities 1..5 (noise, blur, contrast, ...)."
     Params = CorruptionParams
@@ -119,14 +120,11 @@ class CorruptionShift(Check):
     def _evidence(params: CorruptionParams, ds: Dataset, names: list[str], cells: list[tuple[str, int]],
                   acc: np.ndarray, cell_ci: dict[tuple[str, int], Any], clean_acc: float, clean_ci: Any,
                   n: int, worst: tuple[str, int]) -> list[dict[str, Any]]:
-        from reports.plots_robustness import severity_curves_svg
-
         from audit.transforms import TRANSFORMS
 
         by = {cells[j]: float(acc[j]) for j in range(len(cells))}
         sev = params.severities
         curves = {c: [by[(c, s)] for s in sev] for c in names}
-        svg = severity_curves_svg(sev, curves, clean_acc)
         rows = []
         for c in names:
             vals = [by[(c, s)] for s in sev]
@@ -139,9 +137,10 @@ class CorruptionShift(Check):
                 f"({COUNT_RESAMPLES} resamples). Worst cell: {worst[0]} at severity {worst[1]}.") if clean_ci else \
             f"{n} samples of '{params.data}', clean accuracy {clean_acc:.3f}."
         return [
-            figure("Accuracy vs corruption severity", svg,
-                   caption=f"One line per corruption; the dashed line is clean accuracy ({clean_acc:.3f}). "
-                           f"{n} samples of '{params.data}'."),
+            chart("severity_curves", "Accuracy vs corruption severity",
+                  {"severities": list(sev), "curves": curves, "clean": clean_acc},
+                  caption=f"One line per corruption; the dashed line is clean accuracy ({clean_acc:.3f}). "
+                          f"{n} samples of '{params.data}'."),
             table("Corruption grid: accuracy", ["corruption", *[f"severity {s}" for s in sev],
                                                 "relative accuracy"], rows, note=note),
             table("Corruption parameters", ["corruption", "parameter", *[f"severity {s}" for s in sev]], levels),

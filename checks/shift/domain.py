@@ -19,7 +19,7 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import Field
 
-from audit.check import Check, Measurement, Metric, Params, cell, figure, table
+from audit.check import Check, Measurement, Metric, Params, cell, chart, lower, table
 from audit.context import Context
 from audit.errors import DataError, SkipCheck, did_you_mean
 from audit.registry import register_check
@@ -42,10 +42,11 @@ class DomainShift(Check):
     name = "shift.domain"
     version = 1
     requires = ("data", "domains")
-    metrics = {"max_drop": False, "mean_drop": False}
-    descriptions = {
-        "max_drop": "Largest drop of the metric from the in-domain data to any domain (in-domain minus domain).",
-        "mean_drop": "Mean drop of the metric over the domains.",
+    area = "evaluation"
+    metrics = {
+        "max_drop": lower("Largest drop of the metric from the in-domain data to any domain (in-domain minus "
+                          "domain).", bounds=(-1.0, 1.0)),
+        "mean_drop": lower("Mean drop of the metric over the domains.", bounds=(-1.0, 1.0)),
     }
     summary = "Held-out metric on each shifted domain and its drop from in-domain, with confidence intervals."
     Params = DomainParams
@@ -108,8 +109,6 @@ class DomainShift(Check):
     @staticmethod
     def _evidence(ctx: Context, params: DomainParams, names: list[str], paired: list[str],
                   level: dict[str, Metric], drop: dict[str, Metric]) -> list[dict[str, Any]]:
-        from reports.plots import bar_chart_svg
-
         metric = params.metric.replace("_", " ")
         rows = [[params.data, "in-domain", len(ctx.dataset(params.data)),
                  cell(level[params.data].value, level[params.data].ci), None]]
@@ -123,15 +122,15 @@ class DomainShift(Check):
                    if paired else ""))
         labels = [params.data] + names
         significant = [False] + [bool(drop[n].ci and drop[n].ci[0] > 0) for n in names]
-        svg = bar_chart_svg(labels, [level[n].value for n in labels],
-                            [level[n].ci[0] if level[n].ci else None for n in labels],
-                            [level[n].ci[1] if level[n].ci else None for n in labels],
-                            title=f"{metric.capitalize()} per domain", ylabel=metric, ylim=(0.0, 1.02),
-                            highlight=significant)
+        bars = {"labels": labels, "values": [level[n].value for n in labels],
+                "ci_lo": [level[n].ci[0] if level[n].ci else None for n in labels],
+                "ci_hi": [level[n].ci[1] if level[n].ci else None for n in labels],
+                "title": f"{metric.capitalize()} per domain", "ylabel": metric, "ylim": [0.0, 1.02],
+                "highlight": significant}
         return [table(f"{metric.capitalize()} per domain", ["domain", "source", "n", metric, "drop"], rows, note=note),
-                figure(f"{metric.capitalize()} per domain", svg,
-                       caption=f"In-domain '{params.data}' first; bars in the warning colour drop "
-                               f"significantly (the drop's {pct}% CI is above 0). Whiskers: {pct}% CIs.")]
+                chart("bar", f"{metric.capitalize()} per domain", bars,
+                      caption=f"In-domain '{params.data}' first; bars in the warning colour drop "
+                              f"significantly (the drop's {pct}% CI is above 0). Whiskers: {pct}% CIs.")]
 
 
 def _domains(ctx: Context, params: DomainParams) -> list[str]:

@@ -25,7 +25,7 @@ import torch
 from pydantic import Field
 from sklearn.metrics import accuracy_score, balanced_accuracy_score, f1_score
 
-from audit.check import Check, Measurement, Metric, Params, flags, table, text
+from audit.check import Check, Flag, Measurement, Metric, Params, higher, lower, table, text
 from audit.context import logits_to_proba
 from audit.registry import register_check
 from audit.stats import bootstrap_counts
@@ -48,14 +48,16 @@ class Reproducibility(Check):
     version = 1
     requires = ("data",)
     Params = ReproducibilityParams
-    metrics = {"prediction_agreement": True, "max_logit_diff": False, "retrain_metric_diff": False,
-               "retrain_agreement": True}
-    descriptions = {
-        "prediction_agreement": "Share of samples with the same predicted class in every repeated inference pass.",
-        "max_logit_diff": "Largest absolute logit difference between repeated inference passes.",
-        "retrain_metric_diff": "Largest absolute change in accuracy, balanced accuracy or macro-F1 after "
-                               "retraining with the same seed.",
-        "retrain_agreement": "Share of samples the retrained model classifies like the audited one.",
+    area = "training"
+    metrics = {
+        "prediction_agreement": higher("Share of samples with the same predicted class in every repeated "
+                                       "inference pass.", proportion=True),
+        "max_logit_diff": lower("Largest absolute logit difference between repeated inference passes.",
+                                bounds=(0.0, None)),
+        "retrain_metric_diff": lower("Largest absolute change in accuracy, balanced accuracy or macro-F1 after "
+                                     "retraining with the same seed.", bounds=(0.0, 1.0)),
+        "retrain_agreement": higher("Share of samples the retrained model classifies like the audited one.",
+                                    proportion=True),
     }
     summary = "Repeated inference gives the same predictions; retraining with the same seed reproduces the metrics."
 
@@ -97,22 +99,19 @@ class Reproducibility(Check):
                                  f"{int((~same).sum())} of {len(idx)} samples changed class between identical "
                                  f"passes (largest logit change {max_diff:.4g}): a stochastic layer (dropout, "
                                  f"sampling) is active at inference, or kernels are non-deterministic."))
+        flags: list[Flag] = []
         if params.retrain:
-            m, ev = self._retrain(ctx, params, rng)
+            m, ev, flags = self._retrain(ctx, params, rng)
             metrics.update(m)
             evidence.extend(ev)
-        return Measurement(metrics=metrics, evidence=evidence)
+        return Measurement(metrics=metrics, evidence=evidence, flags=flags)
 
     def _retrain(self, ctx, params: ReproducibilityParams, rng: np.random.Generator):
-        from audit.context import predict_logits
-        from audit.training import retrain
-
         ds = ctx.dataset(params.data)
         original = ctx.model
-        again = retrain(ctx)
-        module = again.module.to(ctx.device).eval()
-        out = predict_logits(module, ds.x, ctx.device, ctx.batch_size, autocast=ctx._autocast())
-        ctx.forward_samples += len(ds)
+        again = ctx.retrain()
+        module = again.module
+        out = ctx.run_model(module, ds.x, what="retrained model")
         pred_a, pred_b, y = ctx.predictions(params.data), logits_to_proba(out).argmax(axis=1), ds.y
         labels = np.arange(ds.n_classes)
         scores = {
@@ -141,10 +140,10 @@ class Reproducibility(Check):
                        f"{'bit-identical' if identical else f'differ (max |Δw| {wdiff:.3g})'}; "
                        f"audited sha256 {original.sha256[:12]}, retrained {again.sha256[:12]}."),
         ]
+        flags = []
         if worst > params.tolerance:
             name = max(scores, key=lambda k: abs(scores[k][0] - scores[k][1]))
-            evidence.append(flags("Retraining did not reproduce the metrics", [{
-                "flag": "retrain_mismatch",
-                "detail": f"{name} changed by {worst:.4f} on retraining with the same seed "
-                          f"(tolerance {params.tolerance})"}]))
-        return metrics, evidence
+            flags.append(Flag("retraining did not reproduce the metrics",
+                              f"{name} changed by {worst:.4f} on retraining with the same seed "
+                              f"(tolerance {params.tolerance})"))
+        return metrics, evidence, flags
