@@ -7,6 +7,7 @@ renders. Everything a check may declare or override is here, with its default.
         version = 1                           # bump when numbers can change
         area = "evaluation"                   # report section: a key of audit.results.AREAS
         requires = ("data",)                  # see REQUIREMENTS; a missing one -> skipped
+        kinds = ("image", "tabular")          # data kinds it measures; others -> skipped
         summary = "One line for `audit checks` and the report."
         metrics = {"accuracy": higher("Share of correct predictions.", proportion=True)}
         Params = MyParams                     # a Params subclass: typed, validated at spec load
@@ -52,7 +53,9 @@ DEFAULT_CONFIDENCE = 0.95
 
 # What a check may list in `requires`. "data" is the entry's dataset (always there);
 # the others are checked by the runner, which skips the check with the reason.
-REQUIREMENTS = ("data", "train", "domains", "sensitive", "image", "tabular", "text", "gradients")
+REQUIREMENTS = ("data", "train", "domains", "sensitive")
+# The kinds of data a dataset can be (audit.dataset.Kind).
+KINDS = ("image", "tabular", "text")
 
 
 class Params(BaseModel):
@@ -76,22 +79,27 @@ class MetricSpec:
     bounds: tuple[float | None, float | None] = (None, None)
     # a share of samples: gets an exact (score) interval and a sample-size rule
     proportion: bool = False
+    # a wall-clock measurement: it varies between runs of the same seed
+    timing: bool = False
 
     def to_json(self) -> dict[str, Any]:
         return {"higher_is_better": self.higher_is_better, "description": self.description,
-                "unit": self.unit, "bounds": list(self.bounds), "proportion": self.proportion}
+                "unit": self.unit, "bounds": list(self.bounds), "proportion": self.proportion,
+                "timing": self.timing}
 
 
 def higher(description: str, *, unit: str = "", bounds: tuple[float | None, float | None] | None = None,
-           proportion: bool = False) -> MetricSpec:
+           proportion: bool = False, timing: bool = False) -> MetricSpec:
     """A metric where higher is better. `proportion=True` implies bounds [0, 1]."""
-    return MetricSpec(True, description, unit, bounds or ((0.0, 1.0) if proportion else (None, None)), proportion)
+    return MetricSpec(True, description, unit, bounds or ((0.0, 1.0) if proportion else (None, None)),
+                      proportion, timing)
 
 
 def lower(description: str, *, unit: str = "", bounds: tuple[float | None, float | None] | None = None,
-          proportion: bool = False) -> MetricSpec:
+          proportion: bool = False, timing: bool = False) -> MetricSpec:
     """A metric where lower is better. `proportion=True` implies bounds [0, 1]."""
-    return MetricSpec(False, description, unit, bounds or ((0.0, 1.0) if proportion else (None, None)), proportion)
+    return MetricSpec(False, description, unit, bounds or ((0.0, 1.0) if proportion else (None, None)),
+                      proportion, timing)
 
 
 @dataclass(frozen=True)
@@ -126,6 +134,7 @@ class Check(abc.ABC):
     version: ClassVar[int] = 1
     area: ClassVar[str] = "evaluation"
     requires: ClassVar[tuple[str, ...]] = ("data",)
+    kinds: ClassVar[tuple[str, ...]] = KINDS
     metrics: ClassVar[dict[str, MetricSpec]] = {}
     Params: ClassVar[type[Params]] = Params
     summary: ClassVar[str] = ""

@@ -96,6 +96,7 @@ class Context:
         self._model: LoadedModel | None = None
         self._logits: dict[str, np.ndarray] = {}
         self._derived: dict[tuple[str, str], np.ndarray] = {}
+        self._memo: dict[tuple[Any, ...], Any] = {}
 
     # ---- randomness ----------------------------------------------------------------
     def rng(self, purpose: str) -> np.random.Generator:
@@ -111,16 +112,20 @@ class Context:
     # ---- loading -----------------------------------------------------------------------
     @classmethod
     def from_objects(cls, datasets: dict[str, Dataset], model: LoadedModel, *, seed: int = 0,
-                     device: str = "cpu", batch_size: int = 256) -> Context:
-        """A context over in-memory datasets and a model (tests, notebooks, pytest fixtures)."""
+                     device: str = "cpu", batch_size: int = 256,
+                     domains: dict[str, Dataset] | None = None) -> Context:
+        """A context over in-memory datasets (and cross-domain datasets) and a model (tests,
+        notebooks, pytest fixtures)."""
         from audit.spec import parse_spec
 
+        domains = domains or {}
         spec = parse_spec({"name": "in-memory audit", "seed": seed, "device": device,
                            "model": {"fixture": "in-memory", "batch_size": batch_size},
                            "data": {name: {"fixture": "in-memory"} for name in datasets},
+                           "domains": {name: {"fixture": "in-memory"} for name in domains},
                            "checks": []}, check_registry=False)
         ctx = cls(spec)
-        ctx._data.add(datasets)
+        ctx._data.add({**datasets, **domains})
         ctx._model = _prepared(model, ctx.device)
         return ctx
 
@@ -274,6 +279,13 @@ class Context:
         if key not in self._derived:
             self._derived[key] = make()
         return self._derived[key]
+
+    def cached(self, key: tuple[Any, ...], make: Callable[[], Any]) -> Any:
+        """Per-audit memo for data derived from a dataset (e.g. group codes), so that a
+        check's preflight and run, or two checks, compute it once."""
+        if key not in self._memo:
+            self._memo[key] = make()
+        return self._memo[key]
 
     def probabilities(self, name: str) -> np.ndarray:
         """(N, K) float64 class probabilities (softmax; sigmoid expanded to two columns)."""

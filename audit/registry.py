@@ -21,7 +21,7 @@ import importlib.util
 from importlib.metadata import entry_points
 from pathlib import Path
 
-from audit.check import REQUIREMENTS, Check, MetricSpec
+from audit.check import KINDS, REQUIREMENTS, Check, MetricSpec
 from audit.results import AREA_KEYS
 
 ENTRY_POINT_GROUP = "audit.checks"
@@ -177,6 +177,8 @@ def register_check(cls: type[Check]) -> type[Check]:
     unknown = [r for r in cls.requires if r not in REQUIREMENTS]
     if unknown:
         raise RegistryError(f"{cls.__qualname__}: unknown requirement(s) {unknown}; known: {', '.join(REQUIREMENTS)}")
+    if not cls.kinds or any(k not in KINDS for k in cls.kinds):
+        raise RegistryError(f"{cls.__qualname__}: kinds {cls.kinds} must be a non-empty subset of {', '.join(KINDS)}")
     loose = [m for m, spec in cls.metrics.items() if not isinstance(spec, MetricSpec)]
     if loose:
         raise RegistryError(f"{cls.__qualname__}: metrics {loose} need a MetricSpec record (audit.check.higher/lower)")

@@ -66,11 +66,12 @@ class Runner:
     """Runs the checks of one spec over one shared Context."""
 
     def __init__(self, spec: AuditSpec, *, device: str | None = None,
-                 progress: Callable[[str, int, int], None] | None = None) -> None:
+                 progress: Callable[..., None] | None = None, context: Context | None = None) -> None:
+        """`context`: an existing one (in-memory data and model) instead of the spec's."""
         self.spec = spec
         self.started_at = _dt.datetime.now(_dt.timezone.utc)
         self._t0 = time.perf_counter()
-        self.ctx = Context(spec, device=device, progress=progress)
+        self.ctx = context or Context(spec, device=device, progress=progress)
         self.results: dict[str, CheckResult] = {}
 
     def prepare(self) -> None:
@@ -81,13 +82,19 @@ class Runner:
         for role in sorted(roles):
             ctx.preflight(role)
         for entry in self.spec.checks:
+            cls = registry.get(entry.check)
+            if self.missing(cls, entry.typed_params):
+                continue  # skipped when it runs, with the reason
             try:
-                registry.get(entry.check).preflight(ctx, entry.typed_params)
+                cls.preflight(ctx, entry.typed_params)
             except AuditInputError as exc:
                 raise type(exc)(str(exc), where=f"{self.spec.source}: check '{entry.id}'") from None
 
     def missing(self, cls: type[Check], params: Any) -> str | None:
         ctx = self.ctx
+        kind = ctx.dataset(params.data).kind
+        if kind not in cls.kinds:
+            return f"measures {' or '.join(cls.kinds)} data; dataset '{params.data}' is {kind}"
         for req in cls.requires:
             if req == "data":
                 continue
@@ -95,8 +102,6 @@ class Runner:
                 return "the spec has no 'train' dataset"
             if req == "domains" and not self.spec.domains:
                 return "the spec defines no data.domains"
-            if req in ("image", "tabular", "text") and ctx.dataset(params.data).kind != req:
-                return f"needs {req} data; dataset '{params.data}' is {ctx.dataset(params.data).kind}"
             if req == "sensitive" and not ctx.dataset(params.data).sensitive:
                 return f"dataset '{params.data}' has no sensitive attributes"
         return None

@@ -63,11 +63,11 @@ class Latency(Check):
     area = "deployment"
     metrics = {
         "p95_ms": lower("95th-percentile latency of one forward call at the smallest batch size.", unit="ms",
-                        bounds=(0.0, None)),
+                        bounds=(0.0, None), timing=True),
         "p50_ms": lower("Median latency of one forward call at the smallest batch size.", unit="ms",
-                        bounds=(0.0, None)),
+                        bounds=(0.0, None), timing=True),
         "throughput": higher("Samples per second at the largest batch size (median call time).",
-                             unit="samples/s", bounds=(0.0, None)),
+                             unit="samples/s", bounds=(0.0, None), timing=True),
         "params": lower("Number of model parameters.", unit="parameters", bounds=(0.0, None)),
         "size_mb": lower("Size of the weights serialized as safetensors (10^6 bytes).", unit="MB",
                          bounds=(0.0, None)),

@@ -120,7 +120,7 @@ class Quantization(Check):
                                        "float32.", proportion=True),
         "size_ratio": lower("Serialized size of the int8 copy over that of the float32 model.", bounds=(0.0, None)),
         "speedup": higher("Median float32 call time over median int8 call time on the CPU (above 1: int8 is "
-                          "faster).", unit="x", bounds=(0.0, None)),
+                          "faster).", unit="x", bounds=(0.0, None), timing=True),
     }
     summary = "Dynamic int8 quantization (CPU): accuracy drop with a paired CI, size ratio and speed-up."
 

@@ -33,7 +33,8 @@ _CHUNK = 2_000  # resamples per batch: bounds memory when there are many groups
 
 
 class GroupFairnessParams(Params):
-    sensitive: list[str] = Field(min_length=1, description="sensitive attribute(s); several = intersectional groups")
+    sensitive: list[str] | None = Field(None, min_length=1, description="sensitive attribute(s); several = "
+                                        "intersectional groups (default: all the dataset declares)")
     min_group_size: int = Field(30, ge=1, description="smaller groups are 'insufficient data' and kept out of the gaps")
     positive_label: str | int | None = Field(
         None, description="favourable class: a class name, or an index when no class has that name "
@@ -46,8 +47,8 @@ class GroupFairnessParams(Params):
 
     @field_validator("sensitive")
     @classmethod
-    def _unique(cls, v: list[str]) -> list[str]:
-        if len(set(v)) != len(v):
+    def _unique(cls, v: list[str] | None) -> list[str] | None:
+        if v is not None and len(set(v)) != len(v):
             raise ValueError(f"sensitive attributes are repeated: {v}")
         return v
 
@@ -262,13 +263,13 @@ class GroupFairness(Check):
     @classmethod
     def preflight(cls, ctx: Context, params: GroupFairnessParams) -> None:
         ds = ctx.dataset(params.data)
-        groups = make_groups(ds, params.sensitive)
+        groups = _groups(ctx, params)
         resolve_positive(ds.classes, params.positive_label)
         _require_comparable(ds, groups, params)
 
     def run(self, ctx: Context, params: GroupFairnessParams) -> Measurement:
         ds = ctx.dataset(params.data)
-        groups = make_groups(ds, params.sensitive)
+        groups = _groups(ctx, params)
         pos = resolve_positive(ds.classes, params.positive_label)
         sufficient = _require_comparable(ds, groups, params)
         y_bin = (ds.y == pos).astype(np.int64)
@@ -277,7 +278,7 @@ class GroupFairness(Check):
         counts = group_counts(groups.codes, y_bin, p_bin, len(groups.keys))
         by = metric_frame(groups, counts)
         point = gaps({r: by[r].to_numpy()[sufficient] for r in RATES})
-        rng = ctx.rng(f"{self.name}:{params.data}:{','.join(params.sensitive)}:{pos}")
+        rng = ctx.rng(f"{self.name}:{params.data}:{','.join(groups.attrs)}:{pos}")
         gap_ci, rate_ci = bootstrap_fairness(counts, sufficient, confidence=params.confidence, rng=rng)
         metrics = {k: Metric(float(point[k]), gap_ci[k]) for k in self.metrics}
 
@@ -348,6 +349,14 @@ class GroupFairness(Check):
         return [explain, gap_table, group_table, rates_chart]
 
 
+def _groups(ctx: Context, params: GroupFairnessParams) -> Groups:
+    """The groups of the check's attributes (default: all the dataset declares), made once
+    per audit and shared by preflight and run."""
+    ds = ctx.dataset(params.data)
+    attrs = list(params.sensitive) if params.sensitive else list(ds.sensitive)
+    return ctx.cached(("groups", params.data, tuple(attrs)), lambda: make_groups(ds, attrs))
+
+
 def _short(s: str, n: int = 20) -> str:
     return s if len(s) <= n else s[: n - 1] + "…"
 
@@ -356,7 +365,7 @@ def _require_comparable(ds: Dataset, groups: Groups, params: GroupFairnessParams
     """Mask of groups with enough data; a clear DataError when fewer than two qualify."""
     sizes = np.bincount(groups.codes, minlength=len(groups.keys))
     sufficient = sizes >= params.min_group_size
-    what = " x ".join(params.sensitive)
+    what = " x ".join(groups.attrs)
     if len(groups.keys) < 2:
         only = groups.label(0) if groups.keys else "nothing"
         raise DataError(f"sensitive attribute(s) {what} take a single value ('{only}') in dataset "

@@ -85,6 +85,7 @@ class AdversarialRobustness(Check):
     name = "robustness.adversarial"
     version = 1
     requires = ("data",)
+    kinds = ("image", "tabular")
     area = "robustness"
     metrics = {
         "robust_accuracy": higher("Share of samples classified correctly with no misclassified point found "

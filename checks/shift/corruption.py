@@ -52,6 +52,7 @@ class CorruptionShift(Check):
     name = "shift.corruption"
     version = 1
     requires = ("data",)
+    kinds = ("image", "tabular")
     area = "robustness"
     metrics = {
         "mean_relative_accuracy": higher("Accuracy under corruption divided by clean accuracy, averaged over "
