@@ -187,7 +187,8 @@ def cmd_checks(args: argparse.Namespace) -> int:
         except Exception as exc:  # noqa: BLE001 - list what is broken instead of failing the listing
             table.add_row(name, f"[red]cannot import: {exc}[/]", "")
             continue
-        metrics = "\n".join(f"{m}{' ↑' if hib else ' ↓'}" for m, hib in cls.metrics.items())
+        metrics = "\n".join(f"{m}{' ↑' if spec.higher_is_better else ' ↓'}" + (f" ({spec.unit})" if spec.unit else "")
+                             for m, spec in cls.metrics.items())
         params = []
         for pname, field in cls.Params.model_fields.items():
             if pname in ("data", "confidence"):
