@@ -104,11 +104,23 @@ def lower(description: str, *, unit: str = "", bounds: tuple[float | None, float
 
 @dataclass(frozen=True)
 class Metric:
+    """A measured value with its confidence interval and the sample size it rests on.
+
+    `successes` (a proportion's numerator, with `n`) or `draws` (the resampled values
+    behind a bootstrap interval) let the runner compute how likely the value is on the
+    wrong side of a threshold, for family-wise control; they are not serialized."""
+
     value: float
     ci: tuple[float, float] | None = None
+    n: int | None = None
+    successes: int | None = field(default=None, compare=False)
+    draws: Any = field(default=None, repr=False, compare=False)
 
     def to_json(self) -> dict[str, Any]:
-        return {"value": _num(self.value), "ci": None if self.ci is None else [_num(self.ci[0]), _num(self.ci[1])]}
+        out = {"value": _num(self.value), "ci": None if self.ci is None else [_num(self.ci[0]), _num(self.ci[1])]}
+        if self.n is not None:
+            out["n"] = int(self.n)
+        return out
 
 
 @dataclass(frozen=True)

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -23,7 +24,8 @@ from audit.errors import AuditInputError
 
 EXIT_OK, EXIT_FAIL, EXIT_INPUT, EXIT_ERROR = 0, 1, 2, 3
 DEMOS = {"digits": "demo_digits.yaml", "adult": "demo_adult.yaml", "text": "demo_text.yaml"}
-_STATUS_STYLE = {"pass": "green", "warn": "yellow", "fail": "red", "error": "magenta", "skipped": "dim"}
+_STATUS_STYLE = {"pass": "green", "warn": "yellow", "fail": "red", "error": "magenta", "skipped": "dim",
+                 "info": "cyan"}
 
 err = Console(stderr=True, highlight=False)
 
@@ -91,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return COMMANDS[args.command](args)
     except AuditInputError as exc:
-        err.print(f"[bold red]error:[/] {exc}", markup=True, soft_wrap=True)
+        err.print(f"[bold red]error:[/] {escape(str(exc))}", markup=True, soft_wrap=True)
         return EXIT_INPUT
     except KeyboardInterrupt:
         err.print("interrupted")
@@ -120,8 +122,24 @@ def progress_reporter(quiet: bool) -> Iterator[Callable[[str, int, int], None] |
 
 def _print_check(result: Any) -> None:
     style = _STATUS_STYLE.get(result.status, "")
-    err.print(f"  [{style}]{result.status:>7}[/] {result.id} ({result.check}) "
-              f"[dim]{result.duration_s:.1f}s[/]  {result.message}", markup=True, soft_wrap=True)
+    err.print(f"  [{style}]{result.status:>7}[/] {escape(result.id)} ({escape(result.check)}) "
+              f"[dim]{result.duration_s:.1f}s[/]  {escape(result.message)}", markup=True, soft_wrap=True)
+
+
+def verdict_lines(results: dict[str, Any]) -> list[str]:
+    """The verdict and, by kind, what keeps the audit from a clean pass (plain text)."""
+    s = results["summary"]
+    counts = ", ".join(f"{v} {k}" for k, v in s.items() if v)
+    lines = [f"{results['verdict']}: {counts or 'no checks'}"]
+    if results["verdict"] == "not assessed":
+        lines.append("  nothing was judged: no check has a threshold (add `thresholds:` to the spec's checks)")
+    labels = {"must_fail": "must-level failure", "should_fail": "should-level failure",
+              "inconclusive": "inconclusive", "small_sample": "too few samples",
+              "holm": "not significant after Holm", "flag": "sanity flag"}
+    for c in results["checks"]:
+        for r in c.get("reasons") or []:
+            lines.append(f"  {labels.get(r.get('kind'), r.get('kind'))} in {c['id']}: {r.get('text')}")
+    return lines
 
 
 # ---- commands ----------------------------------------------------------------------------
@@ -132,16 +150,16 @@ def cmd_run(args: argparse.Namespace, spec_path: Path | None = None) -> int:
 
     spec = load_spec(spec_path or args.spec)
     if not args.quiet:
-        err.print(f"[bold]{spec.name}[/] — {len(spec.checks)} checks", markup=True)
+        err.print(f"[bold]{escape(spec.name)}[/] — {len(spec.checks)} checks", markup=True)
     with progress_reporter(args.quiet) as progress:
         results = run_audit(spec, device=args.device, progress=progress,
                             on_check=None if args.quiet else _print_check).to_json()
     paths = _write(results, args.out, args.format, args.quiet)
     code = exit_code(results, strict=args.strict)
     if not args.quiet:
-        s = results["summary"]
-        err.print(f"[bold]{results['verdict']}[/]: " + ", ".join(f"{v} {k}" for k, v in s.items() if v)
-                  + f" — {', '.join(str(p) for p in paths.values())}", markup=True, soft_wrap=True)
+        for line in verdict_lines(results):
+            err.print(line, markup=False, soft_wrap=True, highlight=False)
+        err.print("report: " + ", ".join(str(p) for p in paths.values()), markup=False, soft_wrap=True)
     return code
 
 

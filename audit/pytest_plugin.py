@@ -107,7 +107,8 @@ class AuditCheckItem(pytest.Item):
         if result.status == "skipped":
             pytest.skip(f"{self.check_id}: {result.message}")
         if result.status == "warn":
-            warnings.warn(AuditWarning(f"{self.check_id} ({result.check}): {result.message}"), stacklevel=1)
+            why = "; ".join(f"{_KIND[r['kind']]}: {r['text']}" for r in result.reasons) or result.message
+            warnings.warn(AuditWarning(f"{self.check_id} ({result.check}) WARN — {why}"), stacklevel=1)
         if result.status in ("fail", "error"):
             raise AuditCheckFailed(_failure_text(result))
 
@@ -120,15 +121,20 @@ class AuditCheckItem(pytest.Item):
         return self.path, 0, f"audit check: {self.check_id}"
 
 
+# How each kind of reason reads on the console (results.json keeps the kind).
+_KIND = {"must_fail": "failed (must)", "should_fail": "failed at should level", "inconclusive": "inconclusive",
+         "small_sample": "too few samples", "holm": "not significant after Holm", "flag": "sanity flag"}
+
+
 def _failure_text(result: Any) -> str:
     lines = [f"{result.id} ({result.check}) {result.status.upper()}: {result.message}"]
     if result.thresholds:
         rows = [("metric", "value", "CI", "threshold", "level", "status")]
         for t in result.thresholds:
-            m = result.metrics.get(t.metric) or {}
-            ci = m.get("ci")
-            rows.append((t.metric, _f(m.get("value")), f"[{_f(ci[0])}, {_f(ci[1])}]" if ci else "—",
-                         f"{'>=' if t.op == 'min' else '<='} {t.limit:g}", t.level, t.status))
+            ci = t.ci
+            status = t.status if t.status != "fail" else f"fail ({t.level})"
+            rows.append((t.metric, _f(t.value), f"[{_f(ci[0])}, {_f(ci[1])}]" if ci else "—",
+                         f"{'>=' if t.op == 'min' else '<='} {t.limit:g}", t.level, status))
         widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
         lines.append("")
         for r in rows:

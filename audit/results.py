@@ -10,7 +10,8 @@ from pathlib import Path, PurePath
 from typing import Any
 
 SCHEMA = "audit-results/1"
-STATUSES = ("pass", "warn", "fail", "error", "skipped")
+STATUSES = ("pass", "warn", "fail", "error", "skipped", "info")
+VERDICTS = ("compliant", "non-compliant", "error", "not assessed")
 
 # The report's sections: the specification's areas, in report order (key, title, scope).
 # A check declares its area by key (`Check.area`); results carry the key.
@@ -69,14 +70,18 @@ class ThresholdResult:
     op: str
     limit: float
     level: str
-    status: str
+    status: str                              # pass | fail | inconclusive
     value: float | None
     ci: tuple[float, float] | None
+    reason: dict[str, str] | None = None     # {"kind", "text"} when not a plain pass
+    p_value: float | None = None             # one-sided, the test the interval inverts
+    p_holm: float | None = None              # Holm-adjusted, with `familywise: holm`
 
     def to_json(self) -> dict[str, Any]:
         return {"metric": self.metric, "op": self.op, "limit": self.limit, "level": self.level,
                 "status": self.status, "value": jsonable(self.value),
-                "ci": None if self.ci is None else jsonable(list(self.ci))}
+                "ci": None if self.ci is None else jsonable(list(self.ci)), "reason": self.reason,
+                "p_value": jsonable(self.p_value), "p_holm": jsonable(self.p_holm)}
 
 
 @dataclass(frozen=True)
@@ -95,6 +100,9 @@ class CheckResult:
     message: str
     confidence: float
     params: dict[str, Any] = field(default_factory=dict)
+    # why the check is not a plain pass: [{"kind": must_fail | should_fail | inconclusive |
+    # small_sample | holm | flag, "text": ...}]
+    reasons: tuple[dict[str, str], ...] = ()
     flags: tuple[dict[str, str], ...] = ()
     evidence: tuple[dict[str, Any], ...] = ()
     duration_s: float = 0.0
@@ -107,6 +115,7 @@ class CheckResult:
             "confidence": self.confidence, "params": jsonable(self.params),
             "metrics": self.metrics, "metric_info": self.metric_info,
             "thresholds": [t.to_json() for t in self.thresholds], "message": self.message,
+            "reasons": [dict(r) for r in self.reasons],
             "flags": [dict(f) for f in self.flags],
             "evidence": list(self.evidence), "duration_s": round(self.duration_s, 4),
             "traceback": self.traceback,
@@ -132,10 +141,15 @@ class Results:
 
     @property
     def verdict(self) -> str:
+        """error > non-compliant > not assessed (nothing was judged) > compliant."""
         s = self.summary
         if s["error"]:
             return "error"
-        return "non-compliant" if s["fail"] else "compliant"
+        if s["fail"]:
+            return "non-compliant"
+        if not any(c.thresholds for c in self.checks):
+            return "not assessed"
+        return "compliant"
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -147,14 +161,23 @@ class Results:
         }
 
 
+EXIT_COMPLIANT, EXIT_NON_COMPLIANT, EXIT_INPUT, EXIT_ERROR, EXIT_NOT_ASSESSED = 0, 1, 2, 3, 4
+
+
 def exit_code(results: dict[str, Any], *, strict: bool = False) -> int:
-    """0 compliant (warnings allowed unless strict), 1 non-compliant, 3 a check errored."""
-    summary = results["summary"]
-    if summary.get("error"):
-        return 3
-    if summary.get("fail") or (strict and summary.get("warn")):
-        return 1
-    return 0
+    """0 compliant (warnings allowed unless strict), 1 non-compliant, 3 a check errored,
+    4 not assessed: no threshold was judged, so a CI gate has nothing to pass on."""
+    verdict = results.get("verdict")
+    summary = results.get("summary", {})
+    if verdict == "error" or summary.get("error"):
+        return EXIT_ERROR
+    if verdict == "non-compliant" or summary.get("fail"):
+        return EXIT_NON_COMPLIANT
+    if verdict == "not assessed":
+        return EXIT_NOT_ASSESSED
+    if strict and summary.get("warn"):
+        return EXIT_NON_COMPLIANT
+    return EXIT_COMPLIANT
 
 
 def load_results(path: str | Path) -> dict[str, Any]:

@@ -17,50 +17,13 @@ from typing import Any
 import numpy as np
 
 from audit import __version__
-from audit.check import Check, Measurement, Metric
+from audit.check import DEFAULT_CONFIDENCE, Check, Measurement
 from audit.context import Context
 from audit.errors import AuditInputError, SkipCheck
 from audit.registry import registry
 from audit.results import CheckResult, Results, ThresholdResult, jsonable
-from audit.spec import AuditSpec, CheckEntry, Threshold
-
-_RANK = {"pass": 0, "warn": 1, "fail": 2}
-
-
-def judge(metric: Metric | None, threshold: Threshold) -> str:
-    """pass: the whole CI is on the right side; fail: the point estimate is on the wrong
-    side; warn: inconclusive. A metric without a CI is judged on its value alone."""
-    if metric is None or metric.value is None or not np.isfinite(metric.value):
-        return "fail"
-    value, limit = metric.value, threshold.limit
-    lo, hi = metric.ci if metric.ci is not None else (value, value)
-    if threshold.op == "min":
-        status = "pass" if lo >= limit else ("fail" if value < limit else "warn")
-    else:
-        status = "pass" if hi <= limit else ("fail" if value > limit else "warn")
-    if status == "fail" and threshold.level == "should":
-        return "warn"
-    return status
-
-
-def _fmt(x: float) -> str:
-    return f"{x:.4g}" if abs(x) >= 1000 or (x != 0 and abs(x) < 0.001) else f"{x:.3f}"
-
-
-def describe(metric_name: str, metric: Metric | None, t: Threshold, status: str) -> str:
-    if metric is None:
-        return f"{metric_name} missing"
-    ci = f" [{_fmt(metric.ci[0])}, {_fmt(metric.ci[1])}]" if metric.ci else ""
-    sym = ">=" if t.op == "min" else "<="
-    if status == "pass":
-        rel = sym
-    elif status == "warn" and ((t.op == "min" and metric.value >= t.limit) or (t.op == "max" and metric.value <= t.limit)):
-        rel = f"{sym}? (CI crosses)"
-    else:
-        rel = "<" if t.op == "min" else ">"
-    level = " (should)" if t.level == "should" else ""
-    return f"{metric_name} {_fmt(metric.value)}{ci} {rel} {_fmt(t.limit)}{level}"
-
+from audit.spec import AuditSpec, CheckEntry
+from audit.verdict import apply_holm, check_status, summarize, threshold_result
 
 class Runner:
     """Runs the checks of one spec over one shared Context."""
@@ -119,7 +82,7 @@ class Runner:
             if skip:
                 raise SkipCheck(skip)
             measurement = cls().run(self.ctx, params)
-            status = "pass"
+            status = "info"
         except SkipCheck as exc:
             status, reason = "skipped", str(exc)
         except AuditInputError as exc:
@@ -129,35 +92,24 @@ class Runner:
             tb = _tb.format_exc()
 
         thresholds: list[ThresholdResult] = []
-        messages: list[str] = []
+        reasons: list[dict[str, str]] = []
+        flags = [f.to_json() for f in measurement.flags] if measurement else []
+        metrics = {k: m.to_json() for k, m in measurement.metrics.items()} if measurement else {}
+        message = reason
         if measurement is not None:
-            for name, t in entry.thresholds.items():
-                metric = measurement.metrics.get(name)
-                st = judge(metric, t)
-                thresholds.append(ThresholdResult(name, t.op, t.limit, t.level, st,
-                                                  None if metric is None else metric.value,
-                                                  None if metric is None else metric.ci))
-                messages.append(describe(name, metric, t, st))
-            if thresholds:
-                status = max((t.status for t in thresholds), key=_RANK.__getitem__)
-            else:
-                head = next(iter(measurement.metrics.items()), None)
-                messages.append("no thresholds (informational)" + (
-                    f"; {head[0]} {_fmt(head[1].value)}" if head and head[1].value is not None else ""))
-            for flag in measurement.flags:
-                # A sanity flag (e.g. gradient masking) caps the check at warn.
-                if status == "pass":
-                    status = "warn"
-                messages.append(f"flag: {flag.flag}")
+            thresholds = [threshold_result(name, measurement.metrics.get(name), t, cls.metrics.get(name),
+                                           entry.confidence) for name, t in entry.thresholds.items()]
+            status, reasons = check_status(thresholds, flags)
+            message = summarize(thresholds, flags, metrics)
         result = CheckResult(
             id=entry.id, check=entry.check, version=cls.version, clause=entry.clause, status=status,
             data=entry.data, area=cls.area, summary=cls.summary, confidence=entry.confidence,
             params=entry.typed_params.model_dump(mode="json") if entry._typed is not None else dict(entry.params),
-            metrics={k: m.to_json() for k, m in (measurement.metrics.items() if measurement else [])},
+            metrics=metrics,
             metric_info={k: spec.to_json() for k, spec in cls.metrics.items()},
-            thresholds=tuple(thresholds),
-            message="; ".join(messages) if measurement is not None else reason,
-            flags=tuple(f.to_json() for f in measurement.flags) if measurement else (),
+            thresholds=tuple(thresholds), reasons=tuple(reasons),
+            message=message,
+            flags=tuple(flags),
             evidence=tuple(measurement.evidence) if measurement else (),
             duration_s=time.perf_counter() - t0, traceback=tb,
         )
@@ -167,6 +119,9 @@ class Runner:
     def finish(self) -> Results:
         ctx = self.ctx
         checks = tuple(self.results[e.id] for e in self.spec.checks if e.id in self.results)
+        if self.spec.familywise == "holm":
+            judged = [e.confidence for e in self.spec.checks if e.thresholds] or [DEFAULT_CONFIDENCE]
+            checks = tuple(apply_holm(list(checks), alpha=1.0 - min(judged)))
         model = ctx.model if ctx.model_loaded else None
         import torch
 

@@ -146,6 +146,8 @@ class AuditSpec(_Strict):
     standard: str | None = None
     seed: int = 0
     device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?|mps)$")
+    # `holm`: the chance that any pass in the audit is wrong is at most 1 - confidence
+    familywise: Literal["none", "holm"] = "none"
     model: ModelSpec
     data: dict[str, DataEntry]
     domains: dict[str, DataEntry] = Field(default_factory=dict)
@@ -228,7 +230,7 @@ def parse_spec(raw: Any, *, source: str = "<memory>", base_dir: Path = Path(".")
     return spec
 
 
-_TOP_KEYS = ("name", "standard", "seed", "device", "model", "data", "domains", "checks")
+_TOP_KEYS = ("name", "standard", "seed", "device", "familywise", "model", "data", "domains", "checks")
 
 
 def _reject_unknown_top(body: dict, source: str) -> None:

@@ -19,8 +19,9 @@ from audit.check import Measurement
 from audit.context import Context
 from audit.dataset import Dataset, LoadedModel
 from audit.errors import DataError
-from audit.runner import judge
 from audit.spec import Threshold
+from audit.stats import percentile_ci
+from audit.verdict import judge
 from checks.fairness.group_gaps import (
     GroupFairness,
     bootstrap_fairness,
@@ -101,7 +102,8 @@ def test_count_bootstrap_agrees_with_row_bootstrap(biased_run) -> None:
     y, p = ds.y, ctx.predictions("test")
     counts = group_counts(groups.codes, y, p, len(groups.keys))
     suff = np.ones(len(groups.keys), bool)
-    gap_ci, _ = bootstrap_fairness(counts, suff, confidence=0.95, rng=np.random.default_rng(0), n_resamples=4000)
+    gap_draws, _ = bootstrap_fairness(counts, suff, confidence=0.95, rng=np.random.default_rng(0), n_resamples=4000)
+    gap_ci = {k: percentile_ci(d, 0.95) for k, d in gap_draws.items()}
 
     # Plain row bootstrap: resample row indices, recompute the gaps on each resample.
     rng = np.random.default_rng(1)
@@ -150,7 +152,7 @@ def test_tiny_sample_with_small_gap_is_inconclusive() -> None:
     dpd = m.metrics["demographic_parity_difference"]
     assert dpd.value == pytest.approx(0.02, abs=1e-12)
     assert dpd.ci[1] > 0.05
-    assert verdict(m, max=0.05) == "warn"
+    assert verdict(m, max=0.05) == "inconclusive"
     # The same rates on 100x the data are conclusive.
     ds, model = _fixed_selection(10000, 3200, 10000, 3000)
     m, _ = run(ds, model, sensitive="sex")

@@ -62,7 +62,8 @@ def test_clean_split_has_no_overlap_and_planted_duplicates_are_counted() -> None
     yte[50] = (yte[60] + 1) % 3  # a copy with a conflicting label
     m = run(ctx_of(train=(xtr, ytr), test=(xte, yte)))
     assert m.metrics["train_test_overlap"].value == 0.0
-    assert m.metrics["train_test_overlap"].ci == (0.0, 0.0)
+    # 0 of 300: the exact (Clopper-Pearson) interval, never zero width: 1 - 0.025 ** (1 / 300)
+    assert m.metrics["train_test_overlap"].ci == pytest.approx((0.0, 1 - 0.025 ** (1 / 300)), abs=1e-9)
     assert m.metrics["duplicate_fraction"].value == 13 / 300
     splits = next(e for e in m.evidence if e["title"] == "Splits")
     test_row = splits["rows"][1]

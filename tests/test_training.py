@@ -18,7 +18,8 @@ from torch import nn
 
 from audit.context import Context
 from audit.dataset import Dataset, LoadedModel
-from audit.runner import judge, run_audit
+from audit.runner import run_audit
+from audit.verdict import judge
 from audit.spec import Threshold, TrainSpec, load_spec
 from audit.training import amp_dtype, fit, load_saved, validation_split
 from checks.training.reproducibility import Reproducibility
@@ -178,7 +179,7 @@ def vit_audit(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
 def test_vit_spec_trains_audits_and_records(vit_audit: tuple[Path, dict]) -> None:
     root, results = vit_audit
     status = {c["id"]: c["status"] for c in results["checks"]}
-    assert status == {"heldout": "pass", "repro": "pass", "latency": "pass"}, results["checks"]
+    assert status == {"heldout": "pass", "repro": "pass", "latency": "info"}, results["checks"]
     rec = results["training"]
     assert rec["architecture"] == "vit" and len(rec["epochs"]) == 3 and rec["device"] == "cpu"
     assert set(rec["epochs"][0]) >= {"epoch", "train_loss", "val_loss", "val_accuracy"}

@@ -85,11 +85,6 @@ class RowIndex:
         return hit[same], mine[same]
 
 
-def _fraction(k: int, n: int, name: str, ctx: Context, params: IntegrityParams, what: str) -> Metric:
-    """k of n rows: binomial count bootstrap of the fraction."""
-    return stats.bootstrap_counts(np.array([k, n - k]), lambda c: c[:, 0] / c.sum(axis=1),
-                                  confidence=params.confidence, n_resamples=params.resamples,
-                                  rng=ctx.rng(f"{name}:{params.data}:{what}"))
 
 
 def _missing_per_row(ds: Dataset) -> np.ndarray:
@@ -156,20 +151,23 @@ class DataIntegrity(Check):
                              "compared, train_test_overlap is not measured.")
             else:
                 overlap_rows, overlap_train = tidx.find(idx)
-                metrics["train_test_overlap"] = _fraction(int(overlap_rows.size), n, self.name, ctx,
-                                                          params, "overlap")
+                metrics["train_test_overlap"] = stats.proportion(int(overlap_rows.size), n, params.confidence)
 
-        metrics["duplicate_fraction"] = _fraction(int(dup_rows.size), n, self.name, ctx, params, "duplicates")
+        metrics["duplicate_fraction"] = stats.proportion(int(dup_rows.size), n, params.confidence)
 
-        # Rows grouped by their number of missing values: a multinomial over these groups
-        # is exactly a row bootstrap of the missing fraction, at a cost independent of N.
+        # Rows grouped by their number of missing values: resampling these groups is a row
+        # bootstrap of the missing fraction, at a cost independent of N. The worst level (a
+        # row with every value missing) joins with no rows, so that the pseudo-observation
+        # of the Bayesian bootstrap keeps missing values possible when none were seen.
         miss = _missing_per_row(ds)
         width = max(int(np.prod(ds.x.shape[1:])), 1)
-        by_count = np.bincount(miss, minlength=1)
-        levels = np.arange(by_count.size, dtype=np.float64)
+        levels, per_level = np.unique(miss, return_counts=True)
+        if levels[-1] != width:
+            levels, per_level = np.append(levels, width), np.append(per_level, 0)
+        levels = levels.astype(np.float64)
         metrics["missing_fraction"] = stats.bootstrap_counts(
-            by_count, lambda c: (c @ levels) / (c.sum(axis=1) * width), confidence=params.confidence,
-            n_resamples=params.resamples, rng=ctx.rng(f"{self.name}:{params.data}:missing"))
+            per_level, lambda c: (c @ levels) / (c.sum(axis=1) * width), confidence=params.confidence,
+            n_resamples=params.resamples, rng=ctx.rng(f"{self.name}:{params.data}:missing"), bounds=(0.0, 1.0))
 
         counts = np.bincount(y, minlength=k)
         present = counts > 0
@@ -184,7 +182,7 @@ class DataIntegrity(Check):
         hi_c, lo_c = int(np.argmax(pc)), int(np.argmin(pc))
         metrics["class_imbalance_ratio"] = stats.bootstrap_counts(
             pc, lambda c: np.maximum(c[:, hi_c] / c[:, lo_c], 1.0), confidence=params.confidence,
-            n_resamples=params.resamples, rng=ctx.rng(f"{self.name}:{params.data}:imbalance"))
+            n_resamples=params.resamples, rng=ctx.rng(f"{self.name}:{params.data}:imbalance"), bounds=(1.0, None))
 
         train_counts = None
         if train is not None:

@@ -35,7 +35,7 @@ from audit.check import Check, Measurement, Metric, Params, cell, higher, lower,
 from audit.context import logits_to_proba
 from audit.errors import SkipCheck
 from audit.registry import register_check
-from audit.stats import bootstrap_counts, percentile_ci
+from audit.stats import bootstrap_counts, percentile_ci, proportion
 
 
 class QuantizationParams(Params):
@@ -152,9 +152,9 @@ class Quantization(Check):
         cm = np.bincount(co * 2 + cq, minlength=4).reshape(2, 2)
         agree = np.array([int((pred_o == pred_q).sum()), int((pred_o != pred_q).sum())])
         rng = ctx.rng(f"{self.name}:{params.data}")
-        drop = bootstrap_counts(cm, _acc_drop, confidence=params.confidence, rng=rng)
-        q_acc = bootstrap_counts(cm, _q_acc, confidence=params.confidence, rng=rng)
-        agreement = bootstrap_counts(agree, _agreement, confidence=params.confidence, rng=rng)
+        drop = bootstrap_counts(cm, _acc_drop, confidence=params.confidence, rng=rng, bounds=(-1.0, 1.0))
+        q_acc = proportion(int(cq.sum()), len(idx), params.confidence)
+        agreement = proportion(int(agree[0]), len(idx), params.confidence)
         acc_o = float(co.mean())
 
         size_o, size_q = serialized_size(fp32), serialized_size(q)

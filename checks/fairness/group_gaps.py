@@ -26,7 +26,7 @@ from audit.context import Context
 from audit.dataset import Dataset
 from audit.errors import DataError
 from audit.registry import register_check
-from audit.stats import COUNT_RESAMPLES, percentile_ci, resample_counts
+from audit.stats import COUNT_RESAMPLES, from_draws, percentile_ci, resample_counts
 
 RATES = ("base_rate", "selection_rate", "tpr", "fpr", "accuracy")
 _CHUNK = 2_000  # resamples per batch: bounds memory when there are many groups
@@ -189,12 +189,12 @@ def bootstrap_fairness(counts: np.ndarray, sufficient: np.ndarray, *, confidence
         for r in RATES:
             rate_draws.setdefault(r, []).append(rates[r])
         done += b
-    gap_ci = {k: percentile_ci(np.concatenate(v), confidence) for k, v in gap_draws.items()}
+    gap_all = {k: np.concatenate(v) for k, v in gap_draws.items()}
     rate_ci = {}
     for r, chunks in rate_draws.items():
         d = np.concatenate(chunks)
         rate_ci[r] = [percentile_ci(d[:, g], confidence) for g in range(d.shape[1])]
-    return gap_ci, rate_ci
+    return gap_all, rate_ci
 
 
 def _size(y_true: Any, y_pred: Any, sample_weight: Any) -> float:
@@ -279,8 +279,9 @@ class GroupFairness(Check):
         by = metric_frame(groups, counts)
         point = gaps({r: by[r].to_numpy()[sufficient] for r in RATES})
         rng = ctx.rng(f"{self.name}:{params.data}:{','.join(groups.attrs)}:{pos}")
-        gap_ci, rate_ci = bootstrap_fairness(counts, sufficient, confidence=params.confidence, rng=rng)
-        metrics = {k: Metric(float(point[k]), gap_ci[k]) for k in self.metrics}
+        gap_draws, rate_ci = bootstrap_fairness(counts, sufficient, confidence=params.confidence, rng=rng)
+        metrics = {k: from_draws(float(point[k]), gap_draws[k], params.confidence, n=len(ds), bounds=(0.0, 1.0))
+                   for k in self.metrics}
 
         return Measurement(metrics=metrics, evidence=self._evidence(ds, groups, pos, by, rate_ci, sufficient,
                                                                     metrics, params))

@@ -116,9 +116,9 @@ class Calibration(Check):
 
         kw = {"confidence": params.confidence, "n_resamples": params.weight_resamples}
         metrics: dict[str, Metric] = {
-            "ece": stats.bootstrap_weighted(binned.ece, n, rng=rng("ece"), **kw),
-            "mce": stats.bootstrap_weighted(binned.mce, n, rng=rng("mce"), **kw),
-            "brier": stats.bootstrap_mean(brier_per_sample(proba, y), rng=rng("brier"), **kw),
+            "ece": stats.bootstrap_weighted(binned.ece, n, rng=rng("ece"), bounds=(0.0, 1.0), **kw),
+            "mce": stats.bootstrap_weighted(binned.mce, n, rng=rng("mce"), bounds=(0.0, 1.0), **kw),
+            "brier": stats.bootstrap_mean(brier_per_sample(proba, y), rng=rng("brier"), bounds=(0.0, 2.0), **kw),
         }
 
         count, bin_conf, bin_acc = binned.table()

@@ -21,7 +21,7 @@ import numpy as np
 from pydantic import Field
 
 from audit import stats
-from audit.check import Check, Measurement, Metric, Params, cell, chart, higher, lower, table, text
+from audit.check import Check, Flag, Measurement, Metric, Params, cell, chart, higher, lower, table, text
 from audit.context import Context
 from audit.registry import register_check
 
@@ -48,25 +48,24 @@ _CHUNK_CELLS = 4_000_000  # resampled confusion-matrix cells held at once
 def count_bootstrap(cm: np.ndarray, statistics: dict[str, Callable[[np.ndarray], np.ndarray]],
                     *, confidence: float, rng: np.random.Generator, n_resamples: int
                     ) -> tuple[dict[str, Metric], list[tuple[float, float] | None]]:
-    """stats.bootstrap_counts for several statistics over one shared set of multinomial
-    resamples of the confusion matrix (one draw instead of one per metric), in chunks so
-    memory stays bounded as the number of classes grows. Also returns per-class recall CIs."""
+    """stats.bootstrap_counts for several statistics over one shared set of resamples of the
+    confusion matrix (one draw instead of one per metric), in chunks so memory stays
+    bounded as the number of classes grows. Per-class recalls are proportions: their
+    intervals are exact (Clopper-Pearson)."""
     k = cm.shape[0]
     unit = cm[None].astype(np.float64)
     chunk = max(1, min(n_resamples, _CHUNK_CELLS // (k * k)))
     draws: dict[str, list[np.ndarray]] = {name: [] for name in statistics}
-    recall: list[np.ndarray] = []
     with np.errstate(divide="ignore", invalid="ignore"):
         values = {name: float(fn(unit)[0]) for name, fn in statistics.items()}
         for start in range(0, n_resamples, chunk):
             batch = stats.resample_counts(cm, min(chunk, n_resamples - start), rng).astype(np.float64)
             for name, fn in statistics.items():
                 draws[name].append(fn(batch))
-            recall.append(stats.cm_recall(batch))
-    metrics = {name: Metric(values[name], stats.percentile_ci(np.concatenate(d), confidence))
+    n = int(cm.sum())
+    metrics = {name: stats.from_draws(values[name], np.concatenate(d), confidence, n=n, bounds=(0.0, 1.0))
                for name, d in draws.items()}
-    per_class = np.concatenate(recall)
-    recall_ci = [stats.percentile_ci(per_class[:, c], confidence) if cm[c].sum() > 0 else None
+    recall_ci = [stats.proportion(int(cm[c, c]), int(cm[c].sum()), confidence).ci if cm[c].sum() > 0 else None
                  for c in range(k)]
     return metrics, recall_ci
 
@@ -147,13 +146,19 @@ class ClassificationPerformance(Check):
         counted, recall_ci = count_bootstrap(cm, _COUNT_METRICS, confidence=conf, rng=rng("counts"),
                                              n_resamples=params.resamples)
         metrics = {name: counted[name] for name in _COUNT_METRICS if name != "worst_class_recall"}
+        metrics["accuracy"] = stats.proportion(int(np.trace(cm)), n, conf)  # exact interval
 
         notes: list[str] = []
+        flags: list[Flag] = []
         absent = [ds.classes[c] for c in range(k) if not present[c]]
         if absent:
             notes.append(f"{len(absent)} class(es) absent from '{params.data}' "
                          f"({', '.join(absent[:10])}): their recall is undefined; balanced accuracy, "
                          "worst-class recall and ROC AUC use the classes present.")
+            flags.append(Flag(f"{len(absent)} of {k} classes absent from '{params.data}'",
+                              f"no sample of {', '.join(repr(a) for a in absent[:10])}"
+                              f"{' ...' if len(absent) > 10 else ''}: the model is not tested on them, so "
+                              "per-class metrics (worst-class recall, balanced accuracy) say nothing about them"))
 
         auc = self._roc_auc(proba, y, present, n, conf, rng("roc_auc"), params.weight_resamples)
         if auc is not None:
@@ -166,7 +171,7 @@ class ClassificationPerformance(Check):
         metrics["worst_class_recall"] = counted["worst_class_recall"]
 
         evidence = self._evidence(ds.classes, cm, metrics, recall_ci, params, notes, n)
-        return Measurement(metrics=metrics, evidence=evidence)
+        return Measurement(metrics=metrics, evidence=evidence, flags=flags)
 
     @staticmethod
     def _roc_auc(proba: np.ndarray, y: np.ndarray, present: np.ndarray, n: int, conf: float,
@@ -182,7 +187,8 @@ class ClassificationPerformance(Check):
         def statistic(w: np.ndarray) -> np.ndarray:
             return np.mean([a(w) for a in aucs], axis=0)
 
-        return stats.bootstrap_weighted(statistic, n, confidence=conf, rng=rng, n_resamples=resamples)
+        return stats.bootstrap_weighted(statistic, n, confidence=conf, rng=rng, n_resamples=resamples,
+                                        bounds=(0.0, 1.0))
 
     def _evidence(self, classes: list[str], cm: np.ndarray, metrics: dict[str, Metric],
                   recall_ci: list[tuple[float, float] | None], params: ClassificationParams,

@@ -20,7 +20,7 @@ from audit.check import Check, Measurement, Metric, Params, chart, lower, table,
 from audit.context import Context
 from audit.errors import SkipCheck
 from audit.registry import register_check
-from audit.stats import WEIGHT_RESAMPLES, percentile_ci, resample_weights
+from audit.stats import WEIGHT_RESAMPLES, from_draws, resample_weights
 
 
 class MIAParams(Params):
@@ -64,7 +64,7 @@ class MembershipInference(Check):
         "mia_auc": lower("ROC AUC of the attack separating training members from unseen samples (0.5 = no leak, "
                          "1 = every member identified).", bounds=(0.0, 1.0)),
         "mia_advantage": lower("Best true-positive minus false-positive rate of the attack over all thresholds "
-                               "(0 = no better than guessing).", bounds=(-1.0, 1.0)),
+                               "(0 = no better than guessing).", bounds=(0.0, 1.0)),
     }
     Params = MIAParams
 
@@ -96,8 +96,9 @@ class MembershipInference(Check):
             a, d = weighted_auc_advantage(scores, members, w)
             aucs.append(a)
             advs.append(d)
-        metrics = {"mia_auc": Metric(auc, percentile_ci(np.concatenate(aucs), params.confidence)),
-                   "mia_advantage": Metric(adv, percentile_ci(np.concatenate(advs), params.confidence))}
+        metrics = {"mia_auc": from_draws(auc, np.concatenate(aucs), params.confidence, n=2 * n, bounds=(0.0, 1.0)),
+                   "mia_advantage": from_draws(adv, np.concatenate(advs), params.confidence, n=2 * n,
+                                               bounds=(0.0, 1.0))}
         return Measurement(metrics, self._evidence(ctx, params, n, mem_idx, non_idx, scores, fpr, tpr, metrics))
 
     def _evidence(self, ctx: Context, params: MIAParams, n: int, mem_idx: np.ndarray, non_idx: np.ndarray,

@@ -30,7 +30,7 @@ from audit.check import Check, Flag, Measurement, Metric, Params, cell, chart, h
 from audit.context import Context
 from audit.errors import SkipCheck, SpecError
 from audit.registry import register_check
-from audit.stats import COUNT_RESAMPLES, percentile_ci, resample_counts
+from audit.stats import proportion
 
 MASKING_ALPHA = 0.05
 BAD_GRAD_FRACTION = 0.10
@@ -351,18 +351,12 @@ def _geometry(ctx: Context, ds: Any, device: torch.device
 
 def _robust_metrics(correct: np.ndarray, robust: np.ndarray, confidence: float,
                     rng: np.random.Generator) -> tuple[Metric, Metric]:
-    """Robust accuracy and attack success rate with CIs from one 2x2 count bootstrap."""
-    t = np.zeros((2, 2), dtype=np.int64)
-    np.add.at(t, (correct.astype(int), robust.astype(int)), 1)
-    draws = resample_counts(t, COUNT_RESAMPLES, rng).astype(np.float64)
-    total = draws.sum(axis=(1, 2))
-    with np.errstate(divide="ignore", invalid="ignore"):
-        ra = draws[:, 1, 1] / total
-        asr = draws[:, 1, 0] / (draws[:, 1, 0] + draws[:, 1, 1])
-        n_correct = t[1].sum()
-        asr_value = t[1, 0] / n_correct if n_correct else float("nan")
-    return (Metric(float(t[1, 1] / t.sum()), percentile_ci(ra, confidence)),
-            Metric(float(asr_value), percentile_ci(asr, confidence)))
+    """Robust accuracy (robust samples of all) and attack success rate (fooled samples of
+    the originally correct ones): proportions with exact intervals."""
+    correct, robust = np.asarray(correct, bool), np.asarray(robust, bool)
+    n_correct = int(correct.sum())
+    return (proportion(int((correct & robust).sum()), len(correct), confidence),
+            proportion(int((correct & ~robust).sum()), n_correct, confidence))
 
 
 def _weaker(robust_main: np.ndarray, robust_ref: np.ndarray) -> tuple[float, int, int]:

@@ -18,12 +18,12 @@ from typing import Any
 import numpy as np
 from pydantic import Field, field_validator
 
-from audit.check import Check, Measurement, Metric, Params, cell, chart, higher, table
+from audit.check import Check, Measurement, Params, cell, chart, higher, table
 from audit.context import Context
 from audit.dataset import Dataset
 from audit.errors import DataError, SkipCheck, did_you_mean
 from audit.registry import register_check
-from audit.stats import COUNT_RESAMPLES, percentile_ci, resample_counts
+from audit.stats import COUNT_RESAMPLES, from_draws, percentile_ci, resample_counts
 
 DEFAULT_CORRUPTIONS: dict[str, list[str]] = {
     "image": ["gaussian_noise", "shot_noise", "impulse_noise", "gaussian_blur", "contrast", "brightness",
@@ -109,8 +109,8 @@ class CorruptionShift(Check):
             rel = float(np.mean(acc / clean_acc)) if clean_acc > 0 else float("nan")
         worst_j = int(np.argmin(acc))
         metrics = {
-            "mean_relative_accuracy": Metric(rel, percentile_ci(rel_draws, conf)),
-            "worst_accuracy": Metric(float(acc[worst_j]), percentile_ci(draws[:, 1:].min(axis=1), conf)),
+            "mean_relative_accuracy": from_draws(rel, rel_draws, conf, n=n),
+            "worst_accuracy": from_draws(float(acc[worst_j]), draws[:, 1:].min(axis=1), conf, n=n, bounds=(0.0, 1.0)),
         }
         cell_ci = {cells[j]: percentile_ci(draws[:, j + 1], conf) for j in range(len(cells))}
         clean_ci = percentile_ci(draws[:, 0], conf)

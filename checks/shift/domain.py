@@ -24,7 +24,7 @@ from audit.context import Context
 from audit.errors import DataError, SkipCheck, did_you_mean
 from audit.registry import register_check
 from audit.stats import (COUNT_RESAMPLES, cm_accuracy, cm_balanced_accuracy, cm_f1_macro, confusion_counts,
-                         percentile_ci, resample_counts)
+                         from_draws, resample_counts)
 
 METRICS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
     "accuracy": cm_accuracy, "balanced_accuracy": cm_balanced_accuracy, "f1_macro": cm_f1_macro,
@@ -93,15 +93,19 @@ class DomainShift(Check):
 
         value = {n: float(stat(confusion_counts(ctx.dataset(n).y, ctx.predictions(n), k)[None].astype(float))[0])
                  for n in [params.data, *names]}
-        level = {n: Metric(value[n], percentile_ci(draws[n], params.confidence)) for n in value}
+        conf = params.confidence
+        size = {n: len(ctx.dataset(n)) for n in value}
+        level = {n: from_draws(value[n], draws[n], conf, n=size[n], bounds=(0.0, 1.0)) for n in value}
         drop_draws = {n: draws[params.data] - draws[n] for n in names}
-        drop = {n: Metric(value[params.data] - value[n], percentile_ci(drop_draws[n], params.confidence))
-                for n in names}
+        drop = {n: from_draws(value[params.data] - value[n], drop_draws[n], conf,
+                              n=min(size[params.data], size[n]), bounds=(-1.0, 1.0)) for n in names}
         stacked = np.stack([drop_draws[n] for n in names])
+        smallest = min(size.values())
         with np.errstate(invalid="ignore"):
-            max_drop = Metric(max(drop[n].value for n in names), percentile_ci(stacked.max(axis=0), params.confidence))
-            mean_drop = Metric(float(np.mean([drop[n].value for n in names])),
-                               percentile_ci(stacked.mean(axis=0), params.confidence))
+            max_drop = from_draws(max(drop[n].value for n in names), stacked.max(axis=0), conf, n=smallest,
+                                  bounds=(-1.0, 1.0))
+            mean_drop = from_draws(float(np.mean([drop[n].value for n in names])), stacked.mean(axis=0), conf,
+                                   n=smallest, bounds=(-1.0, 1.0))
 
         evidence = self._evidence(ctx, params, names, paired, level, drop)
         return Measurement(metrics={"max_drop": max_drop, "mean_drop": mean_drop}, evidence=evidence)

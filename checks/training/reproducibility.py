@@ -28,7 +28,7 @@ from sklearn.metrics import accuracy_score, balanced_accuracy_score, f1_score
 from audit.check import Check, Flag, Measurement, Metric, Params, higher, lower, table, text
 from audit.context import logits_to_proba
 from audit.registry import register_check
-from audit.stats import bootstrap_counts
+from audit.stats import proportion
 
 
 class ReproducibilityParams(Params):
@@ -90,7 +90,7 @@ class Reproducibility(Check):
             rows.append([r + 2, round(float((pred == pred0).mean()), 6), diff])
         counts = np.array([int(same.sum()), int((~same).sum())])
         rng = ctx.rng(f"{self.name}:{params.data}")
-        metrics = {"prediction_agreement": bootstrap_counts(counts, _share, confidence=params.confidence, rng=rng),
+        metrics = {"prediction_agreement": proportion(int(counts[0]), int(counts.sum()), params.confidence),
                    "max_logit_diff": Metric(max_diff)}
         evidence = [table("Repeated inference", ["pass", "agreement with pass 1", "max |logit difference|"], rows,
                           note=f"{len(idx)} rows of '{params.data}', batch size {ctx.batch_size}, device {ctx.device}.")]
@@ -127,7 +127,7 @@ class Reproducibility(Check):
         wdiff = max((float((sa[k].float().cpu() - sb[k].float().cpu()).abs().max()) for k in sa
                      if k in sb and sa[k].shape == sb[k].shape and sa[k].numel()), default=0.0)
         metrics = {"retrain_metric_diff": Metric(float(worst)),
-                   "retrain_agreement": bootstrap_counts(agree, _share, confidence=params.confidence, rng=rng)}
+                   "retrain_agreement": proportion(int(agree[0]), int(agree.sum()), params.confidence)}
         rec_a, rec_b = original.training or {}, again.training or {}
         rows = [[k, round(float(a), 6), round(float(b), 6), round(float(b - a), 6)] for k, (a, b) in scores.items()]
         for key in ("best_epoch", "best_val_loss", "best_val_accuracy"):
