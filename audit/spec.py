@@ -8,6 +8,7 @@ callable that is imported only when the model is loaded.
 from __future__ import annotations
 
 import hashlib
+import math
 from pathlib import Path
 from typing import Any, Literal
 
@@ -306,6 +307,20 @@ def _check_references(spec: AuditSpec) -> None:
                             where=f"{src}: checks[{i}].data")
 
 
+def _check_limit(metric: str, t: Threshold, spec: Any, where: str) -> None:
+    """A threshold must be a finite number the metric can reach; one outside the metric's
+    range would always pass or never pass, which is a mistake, not a requirement."""
+    limit = t.limit
+    if not math.isfinite(limit):
+        raise SpecError(f"the limit of '{metric}' must be a finite number, not {limit}", where=where)
+    lo, hi = spec.bounds
+    if (lo is not None and limit < lo) or (hi is not None and limit > hi):
+        rng = f"[{'-inf' if lo is None else f'{lo:g}'}, {'inf' if hi is None else f'{hi:g}'}]"
+        always = (t.op == "min") == (lo is not None and limit < lo)
+        raise SpecError(f"{metric} takes values in {rng}: {t.op} {limit:g} would "
+                        f"{'always pass' if always else 'never pass'}", where=where)
+
+
 def _check_transforms(spec: AuditSpec) -> None:
     entries = [(f"data.{n}", e) for n, e in spec.data.items()] + [(f"data.domains.{n}", e) for n, e in spec.domains.items()]
     if not any(e.transform for _, e in entries):
@@ -329,10 +344,11 @@ def validate_checks(spec: AuditSpec) -> None:
             raise SpecError(f"unknown check '{entry.check}'.{did_you_mean(entry.check, registry.names())}",
                             where=f"{where}.check")
         cls = registry.get(entry.check)
-        for metric in entry.thresholds:
+        for metric, t in entry.thresholds.items():
             if metric not in cls.metrics:
                 raise SpecError(f"unknown metric '{metric}' for {entry.check}.{did_you_mean(metric, cls.metrics)}",
                                 where=f"{where}.thresholds.{metric}")
+            _check_limit(metric, t, cls.metrics[metric], where=f"{where}.thresholds.{metric}.{t.op}")
         try:
             params = cls.Params.model_validate({**entry.params, "data": entry.data, "confidence": entry.confidence})
         except ValidationError as exc:

@@ -162,3 +162,17 @@ def test_holm_keeps_the_family_wise_error_rate() -> None:
 
 def test_metric_specs_know_their_proportions() -> None:
     assert higher("x.", proportion=True).bounds == (0.0, 1.0)
+
+
+@pytest.mark.parametrize(("threshold", "message"), [
+    ({"min": float("nan")}, "must be a finite number"),
+    ({"min": 1.5}, "min 1.5 would never pass"),
+    ({"max": 1.5}, "max 1.5 would always pass"),
+])
+def test_thresholds_the_metric_cannot_reach_are_spec_errors(threshold: dict, message: str) -> None:
+    from audit.errors import SpecError
+
+    with pytest.raises(SpecError, match=message):
+        parse_spec({"name": "t", "model": {"fixture": "digits-cnn"}, "data": {"test": {"fixture": "digits"}},
+                    "checks": [{"id": "a", "check": "performance.classification",
+                                "thresholds": {"accuracy": threshold}}]})
