@@ -24,7 +24,7 @@ import time
 import numpy as np
 import torch
 
-from audit import explainers as ex
+from checks.explain import explainers as ex
 from audit.context import Context
 from checks.explain.attribution import Attribution, AttributionParams
 

@@ -12,7 +12,7 @@ import pytest
 import torch
 from torch import nn
 
-from audit import explainers as ex
+from checks.explain import explainers as ex
 from audit.check import Measurement
 from audit.context import Context
 from audit.dataset import Dataset, LoadedModel
@@ -220,7 +220,7 @@ def test_every_method_is_wired(method: str, digits_ctx: Context, linear_ctx: Con
     ds = digits_ctx.dataset("test")
     x, t = ds.x[:4], np.array([0, 3, 3, 7])
     before = digits_ctx.compute()
-    a = ex.explain(fn, ex.CountingModel(digits_ctx.model.module, digits_ctx), x, t, np.zeros_like(x),
+    a = ex.explain(fn, ex.TwoClassLogits(digits_ctx.counting()), x, t, np.zeros_like(x),
                    _setup(digits_ctx.dataset("train"), "image", digits_ctx.device),
                    device=digits_ctx.device, chunk=3)
     after = digits_ctx.compute()
@@ -229,14 +229,14 @@ def test_every_method_is_wired(method: str, digits_ctx: Context, linear_ctx: Con
     if method not in ex.MODEL_AGNOSTIC and method != "occlusion":
         assert after["backward_samples"] > before["backward_samples"]
     if method in ("gradient_shap", "shap_gradient", "shap_kernel", "shap_permutation"):  # seeded
-        again = ex.explain(fn, ex.CountingModel(digits_ctx.model.module), x, t, np.zeros_like(x),
+        again = ex.explain(fn, ex.TwoClassLogits(digits_ctx.model.module), x, t, np.zeros_like(x),
                            _setup(digits_ctx.dataset("train"), "image", digits_ctx.device),
                            device=digits_ctx.device, chunk=3)
         np.testing.assert_array_equal(a, again)
     # A linear model (single logit, explained as class 1): the importance ranking is known.
     lin = linear_ctx.dataset("test")
     xl = lin.x[:40]
-    al = ex.explain(fn, ex.CountingModel(linear_ctx.model.module, linear_ctx), xl, np.ones(40, dtype=np.int64),
+    al = ex.explain(fn, ex.TwoClassLogits(linear_ctx.counting()), xl, np.ones(40, dtype=np.int64),
                     np.zeros_like(xl), _setup(lin, "tabular", linear_ctx.device), device=linear_ctx.device, chunk=16)
     imp = np.abs(al).mean(axis=0)
     assert imp[0] > imp[2] > imp[1], imp
@@ -249,7 +249,7 @@ def test_shap_deep_equals_captum_deeplift_with_one_reference(adult_data: dict[st
     x = torch.from_numpy(adult_data["test"].x[:20])
     t = torch.tensor([0, 1] * 10)
     ref = torch.from_numpy(adult_data["train"].x[:1])
-    model = ex.CountingModel(adult_mlps["blind"].module)
+    model = ex.TwoClassLogits(adult_mlps["blind"].module)
     setup = ex.ExplainSetup(kind="tabular", background=ref)
     captum = ex.deeplift(model, x, t, ref.expand_as(x), setup)
     state_before = set(adult_mlps["blind"].module.state_dict())
@@ -270,7 +270,7 @@ def test_model_agnostic_shap_values_add_up_for_each_target(method: str, adult_da
     t = np.array([0, 1, 1, 0, 1, 0])
     setup = ex.ExplainSetup(kind="tabular", n_evals=2 * (2 * x.shape[1] + 1), seed=0,
                             kmeans=ex.kmeans_background(adult_data["train"].x, 5, seed=0))
-    a = ex.explain(ex.METHODS[method], ex.CountingModel(module), x, t, None, setup,
+    a = ex.explain(ex.METHODS[method], ex.TwoClassLogits(module), x, t, None, setup,
                    device=torch.device("cpu"), chunk=4)
     with torch.no_grad():
         fx = module(torch.from_numpy(x)).double().numpy()[np.arange(6), t]

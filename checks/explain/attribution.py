@@ -17,7 +17,7 @@ Every tool can draw a saliency map; this check also asks whether the map means a
   importances (mean |attribution| per feature).
 
 Every metric is a mean of per-sample values, or a function of them, with a weight-bootstrap CI
-over the explained samples. Attributions are computed by Captum and SHAP (`audit.explainers`);
+over the explained samples. Attributions are computed by Captum and SHAP (`checks.explain.explainers`);
 an explainer function can be injected (`Attribution(explainer=...)`) to test the tests.
 """
 
@@ -36,7 +36,7 @@ from pydantic import Field, field_validator
 from scipy.ndimage import gaussian_filter
 from scipy.stats import rankdata
 
-from audit import explainers as ex
+from checks.explain import explainers as ex
 from audit.check import Check, Measurement, Metric, Params, cell, figure, flags, table, text
 from audit.context import Context, logits_to_proba
 from audit.dataset import Dataset
@@ -331,7 +331,7 @@ class Attribution(Check):
         units = _feature_units(ds)
         chunk = params.batch_size or ctx.batch_size
         fn = self.explainer or ex.METHODS[params.method]
-        model = ex.CountingModel(ctx.model.module, ctx)
+        model = ex.TwoClassLogits(ctx.counting())
 
         def attribute(f: ex.ExplainFn, module: torch.nn.Module, xs: np.ndarray = x, ts: np.ndarray = target,
                       bs: np.ndarray = baseline) -> np.ndarray:
@@ -506,7 +506,7 @@ class Attribution(Check):
         n_layers = len(layers)
         points = sorted({int(v) for v in np.round(np.linspace(1, n_layers, min(params.randomization_steps, n_layers)))})
         rnd = _Randomizer(loaded.module, loaded.factory, int(ctx.rng(f"{key}:randomization").integers(2**31)))
-        wrapped = ex.CountingModel(rnd.model, ctx)
+        wrapped = ex.TwoClassLogits(ctx.counting(rnd.model))
         ref = np.abs(u) if params.randomization_abs else u
         done = 0
         rows: list[list[Any]] = []
