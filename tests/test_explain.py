@@ -5,12 +5,23 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import sys
 from typing import Any
 
 import numpy as np
 import pytest
 import torch
 from torch import nn
+
+try:
+    import audit.loading  # noqa: F401
+except ModuleNotFoundError:
+    # Work-around while the core is in flux: fixtures/models.py (used by conftest's
+    # digits_cnn/adult_transformer and by fixture loading) still imports `file_sha256`
+    # from audit.loading, which the new core renamed audit.data.
+    import audit.data
+
+    sys.modules["audit.loading"] = audit.data
 
 from checks.explain import explainers as ex
 from audit.check import Measurement
@@ -91,9 +102,10 @@ def test_ig_on_digits_is_faithful_and_depends_on_the_weights(digits_ctx: Context
     assert [r[0] for r in cascade] == [1, 2] and cascade[-1][1] == 6  # top layer, then all six
     after = digits_ctx.compute()
     assert after["backward_samples"] - before["backward_samples"] >= 3 * 32 * 16  # trained + 2 cascade steps
-    figures = [e["title"] for e in m.evidence if e["type"] == "figure"]
-    assert "Deletion curves" in figures and "Model-parameter randomization cascade" in figures
-    assert any(t.startswith("Attribution maps") for t in figures)
+    figures = {e["title"]: e["chart"] for e in m.evidence if e["type"] == "chart"}
+    assert figures["Deletion curves"] == "line" and figures["Model-parameter randomization cascade"] == "line"
+    assert any(t.startswith("Attribution maps") and k == "image_grid" for t, k in figures.items())
+    assert not any(e["type"] in ("figure", "flags") for e in m.evidence)
 
 
 def test_input_only_explainer_is_exposed_by_the_randomization_test(digits_ctx: Context) -> None:
@@ -153,9 +165,10 @@ def test_predicted_target_and_completeness_note(digits_ctx: Context) -> None:
     m = run(digits_ctx, method="integrated_gradients", n_samples=8, n_steps=64, randomization=False)
     note = next(e["text"] for e in m.evidence if e["type"] == "text" and e["title"] == "Notes")
     assert "completeness" in note
-    assert not any(e["type"] == "flags" for e in m.evidence)
+    assert m.flags == [] and not any(e["type"] == "flags" for e in m.evidence)
     bad = run(digits_ctx, method="integrated_gradients", n_samples=8, n_steps=2, randomization=False)
-    assert any(f["flag"] == "ig_not_converged" for e in bad.evidence if e["type"] == "flags" for f in e["flags"])
+    assert any(f.flag == "ig_not_converged" for f in bad.flags)
+    assert "raise n_steps" in next(f.detail for f in bad.flags if f.flag == "ig_not_converged")
 
 
 # ---- 2. Adult: method agreement on the reference model; sensitive share --------------------
@@ -350,6 +363,6 @@ def test_runs_from_a_spec(tmp_path: Any) -> None:
     results = run_audit(spec)
     check = results.checks[0]
     assert check.status == "pass", check.message
-    assert check.area == "Explainability"
+    assert check.area == "explainability"
     json.dumps(results.to_json(), allow_nan=False)  # evidence is plain JSON
     assert results.provenance["compute"]["backward_samples"] >= 2 * 16 * 16

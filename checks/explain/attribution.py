@@ -37,7 +37,7 @@ from scipy.ndimage import gaussian_filter
 from scipy.stats import rankdata
 
 from checks.explain import explainers as ex
-from audit.check import Check, Measurement, Metric, Params, cell, figure, flags, table, text
+from audit.check import Check, Flag, Measurement, Metric, MetricSpec, Params, cell, chart, higher, lower, table, text
 from audit.context import Context, logits_to_proba
 from audit.dataset import Dataset
 from audit.errors import DataError, SkipCheck
@@ -224,28 +224,25 @@ class _Phases:
 class Attribution(Check):
     name = "explain.attribution"
     version = 1
+    area = "explainability"
     requires = ("data",)
-    metrics: ClassVar[dict[str, bool]] = {
-        "deletion_faithfulness": True,
-        "randomization_similarity": False,
-        "sensitive_attribution_share": False,
-        "method_agreement": True,
-    }
-    descriptions: ClassVar[dict[str, str]] = {
-        "deletion_faithfulness": (
+    # None is a proportion (a share of samples): they are means of per-sample values.
+    metrics: ClassVar[dict[str, MetricSpec]] = {
+        "deletion_faithfulness": higher(
             "How much faster the explained class's probability falls when features are removed in "
             "attribution order than in random order (normalised area between the curves; > 0 means "
             "the attributions point at what the model uses)."),
-        "randomization_similarity": (
+        "randomization_similarity": lower(
             "Rank correlation between attributions of the trained model and of the same architecture "
             "with re-initialised weights (Adebayo et al., 2018); near 1 means the explanation does not "
-            "depend on what the model learned."),
-        "sensitive_attribution_share": (
+            "depend on what the model learned.", bounds=(-1.0, 1.0)),
+        "sensitive_attribution_share": lower(
             "Share of the total absolute attribution that falls on the sensitive features: how much "
-            "the model leans on them directly, even when group rates look fine."),
-        "method_agreement": (
+            "the model leans on them directly, even when group rates look fine.", bounds=(0.0, 1.0)),
+        "method_agreement": higher(
             "Rank correlation of the global feature importances of two attribution methods; low "
-            "agreement means the explanations should not be trusted without further checks."),
+            "agreement means the explanations should not be trusted without further checks.",
+            bounds=(-1.0, 1.0)),
     }
     summary = "Captum/SHAP attributions, with deletion faithfulness and the model-randomization sanity test"
     Params = AttributionParams
@@ -346,7 +343,7 @@ class Attribution(Check):
 
         metrics: dict[str, Metric] = {}
         evidence: list[dict[str, Any]] = []
-        warn: list[dict[str, str]] = []
+        flags: list[Flag] = []
         notes: list[str] = []
 
         # ---- deletion faithfulness ---------------------------------------------------------
@@ -387,15 +384,15 @@ class Attribution(Check):
         # ---- completeness (IG's axiom; a sanity check on n_steps) ------------------------------
         if params.method == "integrated_gradients" and self.explainer is None:
             with phases("completeness check", per_sample=False):
-                gap = self._completeness(ctx, model, x, baseline, attr, target, chunk)
+                gap = self._completeness(ctx, x, baseline, attr, target, chunk)
             med = float(np.nanmedian(gap))
             notes.append(f"Integrated-gradients completeness: median |sum of attributions - (f(x) - f(baseline))| "
                          f"is {100 * med:.2f}% of |f(x) - f(baseline)| (max {100 * float(np.nanmax(gap)):.2f}%) "
                          f"with n_steps={params.n_steps}.")
             if med > COMPLETENESS_FLAG:
-                warn.append({"flag": "ig_not_converged",
-                             "detail": f"median completeness gap {100 * med:.1f}% > {100 * COMPLETENESS_FLAG:.0f}%: "
-                                       f"raise n_steps"})
+                flags.append(Flag("ig_not_converged",
+                                  f"median completeness gap {100 * med:.1f}% > {100 * COMPLETENESS_FLAG:.0f}%: "
+                                  f"raise n_steps"))
 
         # ---- pictures ------------------------------------------------------------------------------
         if ds.kind == "image":
@@ -421,9 +418,7 @@ class Attribution(Check):
                                      f"baseline '{params.baseline}', on {ctx.device}."))
         if notes:
             evidence.append(text("Notes", " ".join(notes)))
-        if warn:
-            evidence.append(flags("Attribution sanity", warn))
-        return Measurement(metrics=metrics, evidence=evidence)
+        return Measurement(metrics=metrics, evidence=evidence, flags=flags)
 
     # ---- pieces --------------------------------------------------------------------------
     @staticmethod
@@ -488,11 +483,10 @@ class Attribution(Check):
             lo = np.quantile(draws, (1 - params.confidence) / 2, axis=0)
             hi = np.quantile(draws, 1 - (1 - params.confidence) / 2, axis=0)
             series[label] = (frac, c.mean(axis=0), lo, hi)
-        from reports.plots import line_chart_svg
-
-        fig = figure("Deletion curves", line_chart_svg(
-            series, xlabel=f"fraction of {unit_word} removed (replaced by the baseline)",
-            ylabel="explained-class probability / initial", title="Deletion curves"),
+        fig = chart("line", "Deletion curves", {
+            "series": {k: [_json(v) for v in vs] for k, vs in series.items()},
+            "xlabel": f"fraction of {unit_word} removed (replaced by the baseline)",
+            "ylabel": "explained-class probability / initial", "title": "Deletion curves"},
             caption=f"Mean over {n} samples with a {int(100 * params.confidence)}% bootstrap band. "
                     f"Faster fall in attribution order than in random order means faithful attributions.")
         return {"per_sample": per_sample, "figure": fig}
@@ -529,12 +523,10 @@ class Attribution(Check):
             ys.append(np.nan if last is None else last.value)
             los.append(np.nan if last is None or last.ci is None else last.ci[0])
             his.append(np.nan if last is None or last.ci is None else last.ci[1])
-        from reports.plots import line_chart_svg
-
-        fig = figure("Model-parameter randomization cascade", line_chart_svg(
-            {"trained vs randomised": (xs, ys, los, his)},
-            xlabel=f"layers re-initialised, from the top (of {n_layers})", ylabel="Spearman similarity",
-            title="Randomization cascade", ylim=(-1.05, 1.05)),
+        fig = chart("line", "Model-parameter randomization cascade", {
+            "series": {"trained vs randomised": [xs, _json(ys), _json(los), _json(his)]},
+            "xlabel": f"layers re-initialised, from the top (of {n_layers})", "ylabel": "Spearman similarity",
+            "title": "Randomization cascade", "ylim": [-1.05, 1.05]},
             caption="An explanation that depends on the learned weights falls towards 0 as layers are "
                     "re-initialised; one that stays near 1 ignores the model.")
         return last, rows, fig, rnd.source
@@ -592,18 +584,15 @@ class Attribution(Check):
         return metric, ev
 
     @staticmethod
-    def _completeness(ctx: Context, model: torch.nn.Module, x: np.ndarray, baseline: np.ndarray,
-                      attr: np.ndarray, target: np.ndarray, chunk: int) -> np.ndarray:
-        """|sum(attr) - (f(x)_t - f(b)_t)| / |f(x)_t - f(b)_t| per sample, f = the logits. The
-        outputs are recomputed in float32 (cached predictions may come from autocast)."""
+    def _completeness(ctx: Context, x: np.ndarray, baseline: np.ndarray, attr: np.ndarray, target: np.ndarray,
+                      chunk: int) -> np.ndarray:
+        """|sum(attr) - (f(x)_t - f(b)_t)| / |f(x)_t - f(b)_t| per sample, f = the logits (two
+        for a single-logit model, as explained). Counted passes through the Context, in float32
+        (cached predictions may come from autocast), in the explained chunks."""
         rows = np.arange(len(x))
-        diff = np.zeros(len(x))
-        with torch.no_grad():
-            for s in range(0, len(x), chunk):
-                sl = slice(s, s + chunk)
-                fx = model(torch.tensor(x[sl], device=ctx.device)).double().cpu().numpy()
-                fb = model(torch.tensor(baseline[sl], device=ctx.device)).double().cpu().numpy()
-                diff[sl] = fx[rows[sl] - s, target[sl]] - fb[rows[sl] - s, target[sl]]
+        fx, fb = (ex.class_logits(ctx.run_model(None, v, what="completeness", batch_size=chunk, precision="float32"))
+                  for v in (x, baseline))
+        diff = fx[rows, target] - fb[rows, target]
         total = attr.reshape(len(x), -1).astype(np.float64).sum(axis=1)
         with np.errstate(divide="ignore", invalid="ignore"):
             return np.abs(total - diff) / np.abs(diff)
@@ -611,8 +600,6 @@ class Attribution(Check):
     @staticmethod
     def _image_figures(ds: Dataset, params: AttributionParams, correct: np.ndarray, wrong: np.ndarray,
                        maps: dict[int, np.ndarray], pred: np.ndarray, proba: np.ndarray) -> list[dict[str, Any]]:
-        from reports.plots import image_grid_svg
-
         rows = np.concatenate([correct, wrong]).astype(int)
         if len(rows) == 0:
             return []
@@ -623,16 +610,15 @@ class Attribution(Check):
         if len(wrong) == 0:
             caption += f" No misclassified sample in dataset '{ds.name}'."
         # One grid (one layout pass): correct samples first, then misclassified ones.
-        return [figure("Attribution maps", image_grid_svg(
-            [ds.x[i] for i in rows], titles, overlays=[maps[int(i)] for i in rows],
-            ncols=max(len(correct), len(wrong), 1), title=f"{params.method}: correct, then misclassified"),
+        return [chart("image_grid", "Attribution maps", {
+            "images": [_json(ds.x[i]) for i in rows], "titles": titles,
+            "overlays": [_json(maps[int(i)]) for i in rows],
+            "ncols": max(len(correct), len(wrong), 1), "title": f"{params.method}: correct, then misclassified"},
             caption=caption)]
 
     @staticmethod
     def _tabular_figures(ds: Dataset, params: AttributionParams, x: np.ndarray, u: np.ndarray, units: Units,
                          rng: np.random.Generator) -> list[dict[str, Any]]:
-        from reports import plots_explain
-
         g = np.abs(u)
         mean = g.mean(axis=0)
         draws = np.concatenate([w @ g / len(g) for w in resample_weights(len(g), 1000, rng)])
@@ -642,12 +628,14 @@ class Attribution(Check):
         names = [units.names[i] for i in order]
         values = _unit_values(x, units)
         return [
-            figure("Global feature importance", plots_explain.importance_bars_svg(
-                names, mean[order], lo[order], hi[order], title=f"{params.method}: mean |attribution|"),
+            chart("importance_bars", "Global feature importance", {
+                "names": names, "values": _json(mean[order]), "lo": _json(lo[order]), "hi": _json(hi[order]),
+                "title": f"{params.method}: mean |attribution|"},
                 caption=f"Mean |attribution| over {len(x)} samples (one-hot groups summed), "
                         f"{int(100 * params.confidence)}% bootstrap intervals; top {len(order)} features."),
-            figure("Attribution summary", plots_explain.beeswarm_svg(
-                names, u[:, order], values[:, order], title=f"{params.method}: per-sample attributions"),
+            chart("beeswarm", "Attribution summary", {
+                "names": names, "attributions": _json(u[:, order]), "values": _json(values[:, order]),
+                "title": f"{params.method}: per-sample attributions"},
                 caption="One dot per explained sample; colour = the feature's value (numeric features; grey for "
                         "one-hot groups); right of 0 pushes towards the explained class."),
         ]
@@ -662,3 +650,14 @@ def _unit_values(x: np.ndarray, units: Units) -> np.ndarray:
         if len(cols) == 1:
             vals[:, un] = x[:, cols[0]]
     return vals
+
+
+def _json(a: Any, digits: int = 4) -> Any:
+    """Chart data: an array as nested lists of floats rounded to `digits` significant digits
+    (the report draws them; full precision would only swell results.json), NaN as None."""
+    def rnd(v: Any) -> Any:
+        if isinstance(v, list):
+            return [rnd(w) for w in v]
+        return float(f"{v:.{digits}g}") if np.isfinite(v) else None
+
+    return rnd(np.asarray(a, dtype=np.float64).tolist())
