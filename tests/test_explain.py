@@ -28,7 +28,8 @@ from audit.check import Measurement
 from audit.context import Context
 from audit.dataset import Dataset, LoadedModel
 from audit.errors import DataError, SpecError
-from checks.explain.attribution import Attribution, AttributionParams, _spearman_rows
+from checks.explain.attribution import Attribution, AttributionParams
+from checks.explain.attribution.agreement import spearman_rows as _spearman_rows
 
 
 # ---- fixtures ------------------------------------------------------------------------------
