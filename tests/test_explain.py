@@ -365,5 +365,95 @@ def test_runs_from_a_spec(tmp_path: Any) -> None:
     check = results.checks[0]
     assert check.status == "pass", check.message
     assert check.area == "explainability"
-    json.dumps(results.to_json(), allow_nan=False)  # evidence is plain JSON
+    out = results.to_json()
+    json.dumps(out, allow_nan=False)  # evidence is plain JSON
     assert results.provenance["compute"]["backward_samples"] >= 2 * 16 * 16
+    assert out["checks"][0]["flags"] == []
+    assert {e["type"] for e in out["checks"][0]["evidence"]} <= {"chart", "table", "text"}
+    assert out["checks"][0]["metric_info"]["randomization_similarity"]["higher_is_better"] is False
+
+
+# ---- the check contract: declaration, chart evidence, counted passes -----------------------
+
+def test_declaration_and_registry() -> None:
+    from audit.check import MetricSpec
+    from audit.registry import registry, scan
+
+    assert scan("checks")["explain.attribution"] == "checks.explain.attribution.check:Attribution"
+    assert registry.get("explain.attribution") is Attribution
+    assert Attribution.area == "explainability"
+    specs = Attribution.metrics
+    assert set(specs) == {"deletion_faithfulness", "randomization_similarity", "sensitive_attribution_share",
+                          "method_agreement"}
+    # means of per-sample values, none a share of samples: no proportion intervals
+    assert all(isinstance(v, MetricSpec) and v.description and not v.proportion for v in specs.values())
+    assert [specs[k].higher_is_better for k in specs] == [True, False, False, True]
+    assert specs["sensitive_attribution_share"].bounds == (0.0, 1.0)
+    assert specs["randomization_similarity"].bounds == specs["method_agreement"].bounds == (-1.0, 1.0)
+
+
+def test_the_check_never_imports_reports() -> None:
+    """Layering: checks hand the report chart data and never import `reports`, not even
+    lazily inside a function (as the SVG-drawing version did)."""
+    import ast
+    from pathlib import Path
+
+    import checks.explain
+
+    root = Path(checks.explain.__file__).parent
+    for path in sorted(root.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+            assert not any(n == "reports" or n.startswith("reports.") for n in names), (path, names)
+
+
+RENDERERS = {"line": ("reports.plots", "line_chart_svg"), "image_grid": ("reports.plots", "image_grid_svg"),
+             "importance_bars": ("reports.plots_explain", "importance_bars_svg"),
+             "beeswarm": ("reports.plots_explain", "beeswarm_svg")}
+
+
+def _render(ev: dict[str, Any]) -> str:
+    import importlib
+
+    module, fn = RENDERERS[ev["chart"]]
+    data = dict(ev["data"])
+    if ev["chart"] == "beeswarm":
+        # beeswarm_svg indexes `values[:, j]` without np.asarray: the report's chart layer
+        # must hand it arrays (JSON gives nested lists; null -> NaN).
+        data["values"] = np.array(data["values"], dtype=np.float64)
+    return getattr(importlib.import_module(module), fn)(**data)
+
+
+def test_chart_evidence_is_renderer_kwargs(digits_ctx: Context, linear_ctx: Context) -> None:
+    image = run(digits_ctx, method="integrated_gradients", n_samples=8, n_steps=8, randomization_steps=1)
+    tab = run(linear_ctx, method="saliency", n_samples=20, randomization_steps=1)
+    seen = {}
+    for m in (image, tab):
+        evidence = json.loads(json.dumps(m.evidence, allow_nan=False))  # as results.json holds it
+        for ev in evidence:
+            if ev["type"] == "chart":
+                seen[ev["chart"]] = ev
+                assert "<svg" in _render(ev), ev["title"]
+    assert set(seen) == set(RENDERERS)
+    grid = seen["image_grid"]["data"]
+    assert len(grid["images"]) == len(grid["overlays"]) == len(grid["titles"])
+    assert np.shape(grid["images"][0]) == digits_ctx.dataset("test").x.shape[1:]
+    assert np.shape(grid["overlays"][0]) == digits_ctx.dataset("test").x.shape[2:]
+    series = seen["line"]["data"]["series"]
+    assert all(len(v) == 4 and len(v[0]) == len(v[1]) for v in series.values())  # [x, y, lo, hi]
+    # floats are rounded for results.json: 4 significant digits
+    values = [v for v in np.ravel(grid["overlays"]) if v]
+    assert all(float(f"{v:.4g}") == v for v in values)
+
+
+def test_every_pass_is_counted_in_the_cost_table(digits_ctx: Context) -> None:
+    digits_ctx.probabilities("test")  # the shared cached pass, outside the check
+    with digits_ctx.measure() as passes:
+        m = run(digits_ctx, method="integrated_gradients", n_samples=8, n_steps=8, randomization_steps=1)
+    cost = {r[0]: r[3:] for r in tables(m)["Attribution cost"]["rows"]}
+    assert cost["total"] == [passes["forward_samples"], passes["backward_samples"]]
+    assert cost["attribution: integrated_gradients"] == [8 * 8, 8 * 8]
+    assert cost["deletion curves"] == [8 * 16 * 3, 0]                 # 16 steps x (attribution + 2 random orders)
+    assert cost["randomization cascade"] == [8 * 8, 8 * 8]            # the randomised copy, via ctx.counting
+    assert cost["completeness check"] == [2 * 8, 0]                  # f(x) and f(baseline), via ctx.run_model
