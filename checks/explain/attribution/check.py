@@ -115,7 +115,7 @@ class Attribution(Check):
         units = feature_units(ds)
         chunk = params.batch_size or ctx.batch_size
         fn = self.explainer or ex.METHODS[params.method]
-        model = ex.TwoClassLogits(ctx.counting())  # every pass Captum/SHAP make is counted
+        model = ex.TwoClassLogits(ctx.counting())  # every pass Captum or SHAP makes is counted
 
         def attribute(f: ex.ExplainFn, module: torch.nn.Module, xs: np.ndarray = e.x, ts: np.ndarray = e.target,
                       bs: np.ndarray = baseline) -> np.ndarray:
@@ -183,14 +183,12 @@ class Attribution(Check):
               units: Units, bg: Dataset, phases: Phases, attribute: Any) -> list[dict[str, Any]]:
         """The heat-map grid shows misclassified samples too: when the explained subset holds
         fewer than six, a few more are explained for the figure only (not in any metric)."""
-        y = ds.y
-        mis_in = e.idx[e.pred_all[e.idx] != y[e.idx]]
-        extra = inputs.misclassified_extras(ctx, key, ds, e)
+        mis_in, extra = inputs.misclassified(ctx, key, ds, e)
         maps = {int(i): u[k].reshape(units.shape) for k, i in enumerate(e.idx)}
         if len(extra):
             with phases("misclassified examples for the figure", per_sample=False):
                 xe = np.ascontiguousarray(ds.x[extra], dtype=np.float32)
                 ae = attribute(xe, inputs.targets(params, ds, extra, e.pred_all), inputs.baseline(params, xe, bg))
             maps.update({int(i): m.reshape(units.shape) for i, m in zip(extra, units.reduce(ae))})
-        return figures.attribution_maps(ds, params, e.idx[e.pred_all[e.idx] == y[e.idx]][:6],
+        return figures.attribution_maps(ds, params, e.idx[e.pred_all[e.idx] == ds.y[e.idx]][:6],
                                         np.concatenate([mis_in, extra])[:6], maps, e.pred_all, e.proba_all)

@@ -43,12 +43,12 @@ def targets(params: AttributionParams, ds: Dataset, rows: np.ndarray, pred_all: 
     return np.full(len(rows), int(params.target), dtype=np.int64)
 
 
-def misclassified_extras(ctx: Context, key: str, ds: Dataset, e: Explained, want: int = 6) -> np.ndarray:
-    """Rows outside the explained subset, misclassified, to show in the maps figure when the
-    subset holds fewer than `want` misclassified samples (in no metric)."""
+def misclassified(ctx: Context, key: str, ds: Dataset, e: Explained, want: int = 6) -> tuple[np.ndarray, np.ndarray]:
+    """Misclassified rows to show in the maps figure: those of the explained subset, and a
+    seeded few more from outside it (in no metric) when the subset holds fewer than `want`."""
     mis_in = e.idx[e.pred_all[e.idx] != ds.y[e.idx]]
     extra = np.setdiff1d(np.flatnonzero(e.pred_all != ds.y), e.idx)
-    return np.sort(ctx.rng(f"{key}:figure").permutation(extra)[:max(0, want - len(mis_in))])
+    return mis_in, np.sort(ctx.rng(f"{key}:figure").permutation(extra)[:max(0, want - len(mis_in))])
 
 
 def background_dataset(ctx: Context, ds: Dataset) -> Dataset:
