@@ -5,23 +5,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import sys
 from typing import Any
 
 import numpy as np
 import pytest
 import torch
 from torch import nn
-
-try:
-    import audit.loading  # noqa: F401
-except ModuleNotFoundError:
-    # Work-around while the core is in flux: fixtures/models.py (used by conftest's
-    # digits_cnn/adult_transformer and by fixture loading) still imports `file_sha256`
-    # from audit.loading, which the new core renamed audit.data.
-    import audit.data
-
-    sys.modules["audit.loading"] = audit.data
 
 from checks.explain import explainers as ex
 from audit.check import Measurement

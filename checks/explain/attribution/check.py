@@ -33,6 +33,7 @@ class Attribution(Check):
     version = 1
     area = "explainability"
     requires = ("data",)
+    kinds = ("image", "tabular")
     # None is a proportion (a share of samples): each is a mean of per-sample values.
     metrics: ClassVar[dict[str, MetricSpec]] = {
         "deletion_faithfulness": higher(
@@ -100,9 +101,6 @@ class Attribution(Check):
     # ---- run ---------------------------------------------------------------------------
     def run(self, ctx: Context, params: AttributionParams) -> Measurement:
         ds = ctx.dataset(params.data)
-        if ds.kind == "text":
-            raise SkipCheck("attributions over token ids need embedding-level methods; "
-                            "explain.attribution supports image and tabular data")
         self.preflight(ctx, params)
         self._skip_if_impractical(ds, params)
         key = f"{self.name}:{params.data}"
