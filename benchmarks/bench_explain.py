@@ -12,20 +12,23 @@ and the ratio method / floor: the overhead of the library's own algorithm and bo
 
 Also prints, for the record, the headline numbers the issue asks for: IG deletion
 faithfulness and randomization similarity on digits-cnn, and the shap_permutation vs
-integrated_gradients agreement on adult-transformer.
+integrated_gradients agreement on adult-transformer, with any sanity flags and the size of
+each chart's data as results.json will hold it.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import time
 
 import numpy as np
 import torch
 
-from audit import explainers as ex
+from audit.check import Measurement
 from audit.context import Context
+from checks.explain import explainers as ex
 from checks.explain.attribution import Attribution, AttributionParams
 
 # Explained samples per method: the model-agnostic ones cost thousands of passes per sample.
@@ -89,16 +92,23 @@ def headline(device: str, quick: bool) -> None:
     ctx = Context.from_objects(digits, load_fixture_model("digits-cnn", device), device=device)
     m = Attribution().run(ctx, AttributionParams(method="integrated_gradients", n_samples=16 if quick else 64))
     print("\ndigits-cnn, integrated_gradients (defaults):")
-    for k, v in m.metrics.items():
-        print(f"  {k:26s} {v.value:+.3f} [{v.ci[0]:+.3f}, {v.ci[1]:+.3f}]")
+    _print_measurement(m)
     adult = {s: load_fixture_dataset("adult", s) for s in ("train", "test")}
     ctx = Context.from_objects(adult, load_fixture_model("adult-transformer", device), device=device)
     m = Attribution().run(ctx, AttributionParams(method="shap_permutation", compare_with="integrated_gradients",
                                                  sensitive=["sex"], n_samples=8 if quick else 24,
                                                  randomization=False))
     print("adult-transformer, shap_permutation vs integrated_gradients:")
+    _print_measurement(m)
+
+
+def _print_measurement(m: Measurement) -> None:
     for k, v in m.metrics.items():
-        print(f"  {k:26s} {v.value:+.3f} [{v.ci[0]:+.3f}, {v.ci[1]:+.3f}]")
+        print(f"  {k:27s} {v.value:+.3f} [{v.ci[0]:+.3f}, {v.ci[1]:+.3f}]")
+    for f in m.flags:
+        print(f"  flag {f.flag}: {f.detail}")
+    charts = [f"{e['chart']} ({len(json.dumps(e['data'])) / 1024:.0f} KiB)" for e in m.evidence if e["type"] == "chart"]
+    print(f"  charts: {', '.join(charts)}")
 
 
 def main() -> None:

@@ -12,12 +12,13 @@ import pytest
 import torch
 from torch import nn
 
-from audit import explainers as ex
+from checks.explain import explainers as ex
 from audit.check import Measurement
 from audit.context import Context
 from audit.dataset import Dataset, LoadedModel
 from audit.errors import DataError, SpecError
-from checks.explain.attribution import Attribution, AttributionParams, _spearman_rows
+from checks.explain.attribution import Attribution, AttributionParams
+from checks.explain.attribution.agreement import spearman_rows as _spearman_rows
 
 
 # ---- fixtures ------------------------------------------------------------------------------
@@ -91,9 +92,10 @@ def test_ig_on_digits_is_faithful_and_depends_on_the_weights(digits_ctx: Context
     assert [r[0] for r in cascade] == [1, 2] and cascade[-1][1] == 6  # top layer, then all six
     after = digits_ctx.compute()
     assert after["backward_samples"] - before["backward_samples"] >= 3 * 32 * 16  # trained + 2 cascade steps
-    figures = [e["title"] for e in m.evidence if e["type"] == "figure"]
-    assert "Deletion curves" in figures and "Model-parameter randomization cascade" in figures
-    assert any(t.startswith("Attribution maps") for t in figures)
+    figures = {e["title"]: e["chart"] for e in m.evidence if e["type"] == "chart"}
+    assert figures["Deletion curves"] == "line" and figures["Model-parameter randomization cascade"] == "line"
+    assert any(t.startswith("Attribution maps") and k == "image_grid" for t, k in figures.items())
+    assert not any(e["type"] in ("figure", "flags") for e in m.evidence)
 
 
 def test_input_only_explainer_is_exposed_by_the_randomization_test(digits_ctx: Context) -> None:
@@ -153,9 +155,10 @@ def test_predicted_target_and_completeness_note(digits_ctx: Context) -> None:
     m = run(digits_ctx, method="integrated_gradients", n_samples=8, n_steps=64, randomization=False)
     note = next(e["text"] for e in m.evidence if e["type"] == "text" and e["title"] == "Notes")
     assert "completeness" in note
-    assert not any(e["type"] == "flags" for e in m.evidence)
+    assert m.flags == [] and not any(e["type"] == "flags" for e in m.evidence)
     bad = run(digits_ctx, method="integrated_gradients", n_samples=8, n_steps=2, randomization=False)
-    assert any(f["flag"] == "ig_not_converged" for e in bad.evidence if e["type"] == "flags" for f in e["flags"])
+    assert any(f.flag == "ig_not_converged" for f in bad.flags)
+    assert "raise n_steps" in next(f.detail for f in bad.flags if f.flag == "ig_not_converged")
 
 
 # ---- 2. Adult: method agreement on the reference model; sensitive share --------------------
@@ -220,7 +223,7 @@ def test_every_method_is_wired(method: str, digits_ctx: Context, linear_ctx: Con
     ds = digits_ctx.dataset("test")
     x, t = ds.x[:4], np.array([0, 3, 3, 7])
     before = digits_ctx.compute()
-    a = ex.explain(fn, ex.CountingModel(digits_ctx.model.module, digits_ctx), x, t, np.zeros_like(x),
+    a = ex.explain(fn, ex.TwoClassLogits(digits_ctx.counting()), x, t, np.zeros_like(x),
                    _setup(digits_ctx.dataset("train"), "image", digits_ctx.device),
                    device=digits_ctx.device, chunk=3)
     after = digits_ctx.compute()
@@ -229,14 +232,14 @@ def test_every_method_is_wired(method: str, digits_ctx: Context, linear_ctx: Con
     if method not in ex.MODEL_AGNOSTIC and method != "occlusion":
         assert after["backward_samples"] > before["backward_samples"]
     if method in ("gradient_shap", "shap_gradient", "shap_kernel", "shap_permutation"):  # seeded
-        again = ex.explain(fn, ex.CountingModel(digits_ctx.model.module), x, t, np.zeros_like(x),
+        again = ex.explain(fn, ex.TwoClassLogits(digits_ctx.model.module), x, t, np.zeros_like(x),
                            _setup(digits_ctx.dataset("train"), "image", digits_ctx.device),
                            device=digits_ctx.device, chunk=3)
         np.testing.assert_array_equal(a, again)
     # A linear model (single logit, explained as class 1): the importance ranking is known.
     lin = linear_ctx.dataset("test")
     xl = lin.x[:40]
-    al = ex.explain(fn, ex.CountingModel(linear_ctx.model.module, linear_ctx), xl, np.ones(40, dtype=np.int64),
+    al = ex.explain(fn, ex.TwoClassLogits(linear_ctx.counting()), xl, np.ones(40, dtype=np.int64),
                     np.zeros_like(xl), _setup(lin, "tabular", linear_ctx.device), device=linear_ctx.device, chunk=16)
     imp = np.abs(al).mean(axis=0)
     assert imp[0] > imp[2] > imp[1], imp
@@ -249,7 +252,7 @@ def test_shap_deep_equals_captum_deeplift_with_one_reference(adult_data: dict[st
     x = torch.from_numpy(adult_data["test"].x[:20])
     t = torch.tensor([0, 1] * 10)
     ref = torch.from_numpy(adult_data["train"].x[:1])
-    model = ex.CountingModel(adult_mlps["blind"].module)
+    model = ex.TwoClassLogits(adult_mlps["blind"].module)
     setup = ex.ExplainSetup(kind="tabular", background=ref)
     captum = ex.deeplift(model, x, t, ref.expand_as(x), setup)
     state_before = set(adult_mlps["blind"].module.state_dict())
@@ -270,7 +273,7 @@ def test_model_agnostic_shap_values_add_up_for_each_target(method: str, adult_da
     t = np.array([0, 1, 1, 0, 1, 0])
     setup = ex.ExplainSetup(kind="tabular", n_evals=2 * (2 * x.shape[1] + 1), seed=0,
                             kmeans=ex.kmeans_background(adult_data["train"].x, 5, seed=0))
-    a = ex.explain(ex.METHODS[method], ex.CountingModel(module), x, t, None, setup,
+    a = ex.explain(ex.METHODS[method], ex.TwoClassLogits(module), x, t, None, setup,
                    device=torch.device("cpu"), chunk=4)
     with torch.no_grad():
         fx = module(torch.from_numpy(x)).double().numpy()[np.arange(6), t]
@@ -350,6 +353,96 @@ def test_runs_from_a_spec(tmp_path: Any) -> None:
     results = run_audit(spec)
     check = results.checks[0]
     assert check.status == "pass", check.message
-    assert check.area == "Explainability"
-    json.dumps(results.to_json(), allow_nan=False)  # evidence is plain JSON
+    assert check.area == "explainability"
+    out = results.to_json()
+    json.dumps(out, allow_nan=False)  # evidence is plain JSON
     assert results.provenance["compute"]["backward_samples"] >= 2 * 16 * 16
+    assert out["checks"][0]["flags"] == []
+    assert {e["type"] for e in out["checks"][0]["evidence"]} <= {"chart", "table", "text"}
+    assert out["checks"][0]["metric_info"]["randomization_similarity"]["higher_is_better"] is False
+
+
+# ---- the check contract: declaration, chart evidence, counted passes -----------------------
+
+def test_declaration_and_registry() -> None:
+    from audit.check import MetricSpec
+    from audit.registry import registry, scan
+
+    assert scan("checks")["explain.attribution"] == "checks.explain.attribution.check:Attribution"
+    assert registry.get("explain.attribution") is Attribution
+    assert Attribution.area == "explainability"
+    specs = Attribution.metrics
+    assert set(specs) == {"deletion_faithfulness", "randomization_similarity", "sensitive_attribution_share",
+                          "method_agreement"}
+    # means of per-sample values, none a share of samples: no proportion intervals
+    assert all(isinstance(v, MetricSpec) and v.description and not v.proportion for v in specs.values())
+    assert [specs[k].higher_is_better for k in specs] == [True, False, False, True]
+    assert specs["sensitive_attribution_share"].bounds == (0.0, 1.0)
+    assert specs["randomization_similarity"].bounds == specs["method_agreement"].bounds == (-1.0, 1.0)
+
+
+def test_the_check_never_imports_reports() -> None:
+    """Layering: checks hand the report chart data and never import `reports`, not even
+    lazily inside a function (as the SVG-drawing version did)."""
+    import ast
+    from pathlib import Path
+
+    import checks.explain
+
+    root = Path(checks.explain.__file__).parent
+    for path in sorted(root.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+            assert not any(n == "reports" or n.startswith("reports.") for n in names), (path, names)
+
+
+RENDERERS = {"line": ("reports.plots", "line_chart_svg"), "image_grid": ("reports.plots", "image_grid_svg"),
+             "importance_bars": ("reports.plots_explain", "importance_bars_svg"),
+             "beeswarm": ("reports.plots_explain", "beeswarm_svg")}
+
+
+def _render(ev: dict[str, Any]) -> str:
+    import importlib
+
+    module, fn = RENDERERS[ev["chart"]]
+    data = dict(ev["data"])
+    if ev["chart"] == "beeswarm":
+        # beeswarm_svg indexes `values[:, j]` without np.asarray: the report's chart layer
+        # must hand it arrays (JSON gives nested lists; null -> NaN).
+        data["values"] = np.array(data["values"], dtype=np.float64)
+    return getattr(importlib.import_module(module), fn)(**data)
+
+
+def test_chart_evidence_is_renderer_kwargs(digits_ctx: Context, linear_ctx: Context) -> None:
+    image = run(digits_ctx, method="integrated_gradients", n_samples=8, n_steps=8, randomization_steps=1)
+    tab = run(linear_ctx, method="saliency", n_samples=20, randomization_steps=1)
+    seen = {}
+    for m in (image, tab):
+        evidence = json.loads(json.dumps(m.evidence, allow_nan=False))  # as results.json holds it
+        for ev in evidence:
+            if ev["type"] == "chart":
+                seen[ev["chart"]] = ev
+                assert "<svg" in _render(ev), ev["title"]
+    assert set(seen) == set(RENDERERS)
+    grid = seen["image_grid"]["data"]
+    assert len(grid["images"]) == len(grid["overlays"]) == len(grid["titles"])
+    assert np.shape(grid["images"][0]) == digits_ctx.dataset("test").x.shape[1:]
+    assert np.shape(grid["overlays"][0]) == digits_ctx.dataset("test").x.shape[2:]
+    series = seen["line"]["data"]["series"]
+    assert all(len(v) == 4 and len(v[0]) == len(v[1]) for v in series.values())  # [x, y, lo, hi]
+    # floats are rounded for results.json: 4 significant digits
+    values = [v for v in np.ravel(grid["overlays"]) if v]
+    assert all(float(f"{v:.4g}") == v for v in values)
+
+
+def test_every_pass_is_counted_in_the_cost_table(digits_ctx: Context) -> None:
+    digits_ctx.probabilities("test")  # the shared cached pass, outside the check
+    with digits_ctx.measure() as passes:
+        m = run(digits_ctx, method="integrated_gradients", n_samples=8, n_steps=8, randomization_steps=1)
+    cost = {r[0]: r[3:] for r in tables(m)["Attribution cost"]["rows"]}
+    assert cost["total"] == [passes["forward_samples"], passes["backward_samples"]]
+    assert cost["attribution: integrated_gradients"] == [8 * 8, 8 * 8]
+    assert cost["deletion curves"] == [8 * 16 * 3, 0]                 # 16 steps x (attribution + 2 random orders)
+    assert cost["randomization cascade"] == [8 * 8, 8 * 8]            # the randomised copy, via ctx.counting
+    assert cost["completeness check"] == [2 * 8, 0]                  # f(x) and f(baseline), via ctx.run_model

@@ -5,9 +5,10 @@ Every method has the signature `fn(model, x, target, baseline, setup) -> attribu
 The algorithms are Captum's and SHAP's; this module only adapts inputs, targets,
 baselines and seeds, and chunks the explained samples (`explain`).
 
-`model` is a `CountingModel`: it counts forward and backward samples into the audit
-context and turns a single-logit binary classifier into two logits, so that every
-method sees (N, K) outputs and a class index target.
+`model` is the audited module as the Context counts it (`ctx.counting(module)`: every
+forward and backward is counted) inside a `TwoClassLogits`, which turns a single-logit
+binary classifier into two logits, so that every method sees (N, K) outputs and a class
+index target. Nothing here runs a model outside the module it is handed.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import contextlib
 import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 import torch
@@ -32,34 +33,21 @@ MODEL_AGNOSTIC = ("shap_kernel", "shap_permutation")
 USES_BACKGROUND = ("gradient_shap", "shap_gradient", "shap_deep")
 
 
-class Counter(Protocol):
-    forward_samples: int
+class TwoClassLogits(nn.Module):
+    """Maps (N, 1) binary logits z to (N, 2) logits [-z/2, z/2], whose softmax is
+    [1 - sigmoid(z), sigmoid(z)]; (N, K) logits pass unchanged. It counts nothing: wrap a
+    counted module, `TwoClassLogits(ctx.counting(module))`."""
 
-    def count_backward(self, n: int) -> None: ...
-
-
-class CountingModel(nn.Module):
-    """Wraps the audited module: counts samples into `counter` (the audit Context) on every
-    forward, and every backward through a hook on the output; maps (N, 1) binary logits z
-    to (N, 2) logits [-z/2, z/2], whose softmax is [1 - sigmoid(z), sigmoid(z)]."""
-
-    def __init__(self, module: nn.Module, counter: Counter | None = None) -> None:
+    def __init__(self, module: nn.Module) -> None:
         super().__init__()
         self.module = module
-        self._counter = counter
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        n = int(x.shape[0])
         out = self.module(x)
         if out.ndim == 1:
             out = out[:, None]
         if out.shape[1] == 1:
             out = torch.cat([-out / 2, out / 2], dim=1)
-        if self._counter is not None:
-            self._counter.forward_samples += n
-            if out.requires_grad:
-                counter = self._counter
-                out.register_hook(lambda g: counter.count_backward(n))
         return out
 
 
@@ -347,7 +335,7 @@ def explain(fn: ExplainFn, model: nn.Module, x: np.ndarray, target: np.ndarray,
 
 
 def class_logits(logits: np.ndarray) -> np.ndarray:
-    """NumPy twin of CountingModel's output mapping: (N, 1) binary logits -> (N, 2)."""
+    """NumPy twin of TwoClassLogits' output mapping: (N, 1) binary logits -> (N, 2)."""
     logits = np.asarray(logits, dtype=np.float64)
     if logits.ndim == 1:
         logits = logits[:, None]

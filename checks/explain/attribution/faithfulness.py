@@ -1,0 +1,110 @@
+"""Are the attributions faithful to the model?
+
+* Deletion curves: remove units (image patches, tabular feature groups) in attribution
+  order, replacing them by the baseline, and compare how fast the explained class's
+  probability falls with removal in random orders. Per sample: the area between the two
+  curves, each normalised by the sample's starting probability; > 0 = better than random.
+* Completeness (integrated gradients' axiom): the attributions of a sample sum to
+  f(x)_t - f(baseline)_t; a large gap means too few integration steps.
+
+Every model pass is a counted Context call.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from audit.check import Flag
+from audit.context import Context, logits_to_proba
+from audit.dataset import Dataset
+from audit.stats import resample_weights
+from checks.explain.attribution.params import AttributionParams
+from checks.explain.attribution.units import deletion_units
+from checks.explain.explainers import class_logits
+
+# Flag IG when the completeness gap (sum of attributions vs output difference) is this large.
+COMPLETENESS_FLAG = 0.05
+_DELETION_ROWS_PER_CHUNK = 2**16 * 64  # perturbed input elements held at once (~16 MB float32)
+
+
+@dataclass
+class DeletionCurves:
+    per_sample: np.ndarray   # (n,) mean area under the random-order curves - area in attribution order
+    frac: np.ndarray         # (steps + 1,) fraction of units removed
+    # "attribution order" / "random order" -> (mean curve, band low, band high)
+    bands: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]
+    unit_word: str
+    n: int
+
+
+def deletion_curves(ctx: Context, params: AttributionParams, ds: Dataset, x: np.ndarray, baseline: np.ndarray,
+                    attr: np.ndarray, target: np.ndarray, p0: np.ndarray, key: str) -> DeletionCurves:
+    """Deletion curves (attribution order vs random orders), every pass through ctx.infer."""
+    n = len(x)
+    index, n_units, unit_word = deletion_units(ds, params.deletion_patch)
+    flat = attr.reshape(n, -1).astype(np.float64)
+    scores = np.zeros((n, n_units))
+    np.add.at(scores.T, index, flat.T)
+    steps = min(params.deletion_steps, n_units)
+    counts = np.round(np.linspace(0, n_units, steps + 1)).astype(int)
+    frac = counts / n_units
+    # rank[i, u] = position of unit u in sample i's removal order (0 = removed first)
+    order_rank = [np.argsort(np.argsort(-scores, axis=1, kind="stable"), axis=1)]
+    r = ctx.rng(f"{key}:deletion")
+    order_rank += [r.permuted(np.tile(np.arange(n_units), (n, 1)), axis=1)
+                   for _ in range(params.deletion_random_orders)]
+    xf, bf = x.reshape(n, -1), baseline.reshape(n, -1)
+    curves = np.ones((len(order_rank), n, steps + 1))
+    per_chunk = max(1, _DELETION_ROWS_PER_CHUNK // max(1, steps * len(order_rank) * xf.shape[1]))
+    for s in range(0, n, per_chunk):
+        sl = slice(s, min(n, s + per_chunk))
+        m = sl.stop - sl.start
+        batch = []
+        for rank in order_rank:
+            removed = rank[sl][:, None, :] < counts[None, 1:, None]          # (m, steps, units)
+            mask = removed[:, :, index]                                        # (m, steps, elements)
+            batch.append(np.where(mask, bf[sl][:, None], xf[sl][:, None]))
+        pert = np.stack(batch).reshape((-1,) + x.shape[1:]).astype(np.float32)
+        proba = logits_to_proba(ctx.infer(pert, what="deletion curves"))
+        t = np.broadcast_to(target[sl][None, :, None], (len(order_rank), m, steps)).ravel()
+        pt = proba[np.arange(len(t)), t].reshape(len(order_rank), m, steps)
+        curves[:, sl, 1:] = pt / np.maximum(p0[sl], 1e-12)[None, :, None]
+    area = np.trapezoid(curves, frac, axis=-1)                                 # (orders, n)
+    per_sample = area[1:].mean(axis=0) - area[0]
+    # Mean curves with a bootstrap band over samples, for the figure.
+    bands = {}
+    rb = ctx.rng(f"{key}:ci:deletion-curves")
+    for label, c in (("attribution order", curves[0]), ("random order", curves[1:].mean(axis=0))):
+        draws = np.concatenate([w @ c / n for w in resample_weights(n, 1000, rb)])
+        lo = np.quantile(draws, (1 - params.confidence) / 2, axis=0)
+        hi = np.quantile(draws, 1 - (1 - params.confidence) / 2, axis=0)
+        bands[label] = (c.mean(axis=0), lo, hi)
+    return DeletionCurves(per_sample, frac, bands, unit_word, n)
+
+
+def completeness_gap(ctx: Context, x: np.ndarray, baseline: np.ndarray, attr: np.ndarray, target: np.ndarray,
+                     chunk: int) -> np.ndarray:
+    """|sum(attr) - (f(x)_t - f(b)_t)| / |f(x)_t - f(b)_t| per sample, f = the logits (two
+    for a single-logit model, as explained). Counted passes through the Context, in float32
+    (cached predictions may come from autocast), in the explained chunks."""
+    rows = np.arange(len(x))
+    fx, fb = (class_logits(ctx.run_model(None, v, what="completeness", batch_size=chunk, precision="float32"))
+              for v in (x, baseline))
+    diff = fx[rows, target] - fb[rows, target]
+    total = attr.reshape(len(x), -1).astype(np.float64).sum(axis=1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.abs(total - diff) / np.abs(diff)
+
+
+def completeness_report(gap: np.ndarray, n_steps: int) -> tuple[str, Flag | None]:
+    """A note on the gap, and the `ig_not_converged` flag when its median is too large."""
+    med = float(np.nanmedian(gap))
+    note = (f"Integrated-gradients completeness: median |sum of attributions - (f(x) - f(baseline))| "
+            f"is {100 * med:.2f}% of |f(x) - f(baseline)| (max {100 * float(np.nanmax(gap)):.2f}%) "
+            f"with n_steps={n_steps}.")
+    if not med > COMPLETENESS_FLAG:  # NaN (every gap undefined) raises no flag
+        return note, None
+    return note, Flag("ig_not_converged", f"median completeness gap {100 * med:.1f}% > "
+                                          f"{100 * COMPLETENESS_FLAG:.0f}%: raise n_steps")
