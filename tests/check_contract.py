@@ -42,7 +42,7 @@ FAST: dict[str, dict[str, Any]] = {
     "robustness.adversarial": {"n_samples": 24, "steps": 3, "eps": [0.05, 0.1], "noise_draws": 1},
     "shift.corruption": {"n_samples": 24, "severities": [1, 3]},
     "explain.attribution": {"n_samples": 6},
-    "efficiency.latency": {"batch_sizes": [1, 8], "warmup": 1, "repeats": 5},
+    "efficiency.latency": {"batch_sizes": [1, 8], "warmup": 1, "repeats": 5, "rounds": 2, "pause_s": 0.0},
     "efficiency.quantization": {"repeats": 5, "warmup": 1},
     "training.reproducibility": {"repeats": 1},
     "privacy.membership_inference": {},

@@ -13,7 +13,7 @@ from audit.context import Context
 from audit.dataset import Dataset, LoadedModel
 from audit.errors import SkipCheck
 from audit.stats import percentile_ci
-from checks.efficiency.latency import Latency, bootstrap_quantile
+from checks.efficiency.latency import Latency, rounds_quantile
 from checks.efficiency.quantization import Quantization, int8_inference, quantizable_linears, quantize
 
 
@@ -39,7 +39,7 @@ def _rows(m) -> dict:
 
 def test_latency_reports_p95_for_batch_sizes_1_and_64(digits_cnn: LoadedModel, digits_test: Dataset) -> None:
     ctx = Context.from_objects({"test": digits_test}, digits_cnn)
-    m = Latency().run(ctx, Latency.Params(repeats=20, warmup=2))
+    m = Latency().run(ctx, Latency.Params(repeats=10, rounds=3, warmup=2, pause_s=0.0))
     rows = _rows(m)
     assert sorted(rows) == [1, 64]
     for bs in (1, 64):
@@ -56,7 +56,7 @@ def test_latency_reports_p95_for_batch_sizes_1_and_64(digits_cnn: LoadedModel, d
     # size on disk: float32 weights plus the safetensors header
     n_floats = sum(v.numel() for v in digits_cnn.module.state_dict().values() if v.dtype == torch.float32)
     assert 4 * n_floats / 1e6 < m.metrics["size_mb"].value < 4 * n_floats / 1e6 + 0.01
-    assert ctx.forward_samples == (1 + 64) * (20 + 2)  # warm-up and timed calls are counted
+    assert ctx.forward_samples == (1 + 64) * (10 + 2) * 3  # warm-up and timed calls of 3 rounds are counted
     assert any(e["type"] == "chart" and e["chart"] == "bar" for e in m.evidence)
 
 
@@ -69,15 +69,39 @@ def test_latency_params_validate() -> None:
         Latency.Params(unknown=1)
 
 
-def test_bootstrap_quantile_matches_direct_resampling() -> None:
+def test_rounds_quantile_matches_direct_two_level_resampling() -> None:
     rng = np.random.default_rng(0)
-    samples = rng.gamma(2.0, 1.0, 50)
-    m = bootstrap_quantile(samples, 95, confidence=0.9, rng=np.random.default_rng(1))
-    assert m.value == pytest.approx(np.percentile(samples, 95))
+    rounds = rng.gamma(2.0, 1.0, (5, 20)) * np.array([1.0, 1.0, 1.1, 0.9, 1.6])[:, None]
+    m = rounds_quantile(rounds, 95, confidence=0.9, rng=np.random.default_rng(1), n_resamples=20_000)
+    assert m.value == pytest.approx(np.percentile(rounds, 95))
     ref = np.random.default_rng(2)
-    draws = [np.percentile(ref.choice(samples, 50, replace=True), 95) for _ in range(2000)]
+    draws = []
+    for _ in range(20_000):
+        picked = rounds[ref.integers(0, 5, 5)]
+        draws.append(np.percentile(np.concatenate([r[ref.integers(0, 20, 20)] for r in picked]), 95))
     lo, hi = percentile_ci(np.array(draws), 0.9)
-    assert m.ci[0] == pytest.approx(lo, rel=0.1) and m.ci[1] == pytest.approx(hi, rel=0.1)
+    assert m.ci[0] == pytest.approx(lo, rel=0.03) and m.ci[1] == pytest.approx(hi, rel=0.03)
+    # the spread between rounds widens the interval beyond a plain bootstrap of the calls
+    flat = rounds.ravel()
+    plain = [np.percentile(flat[ref.integers(0, 100, 100)], 95) for _ in range(2000)]
+    assert hi - lo > np.subtract(*np.quantile(plain, [0.95, 0.05]))
+
+
+def test_a_timing_that_changes_between_rounds_is_flagged_and_caps_at_warn(
+        digits_cnn: LoadedModel, digits_test: Dataset, monkeypatch: pytest.MonkeyPatch) -> None:
+    ctx = Context.from_objects({"test": digits_test}, digits_cnn)
+    calls = {"n": 0}
+    real = ctx.time_calls
+
+    def busy_third_round(module, x, *, warmup, repeats, precision="audit"):
+        calls["n"] += 1
+        t = real(module, x, warmup=warmup, repeats=repeats, precision=precision)
+        return t * (5.0 if calls["n"] == 3 else 1.0)  # a neighbour's job lands in round 3
+
+    monkeypatch.setattr(ctx, "time_calls", busy_third_round)
+    m = Latency().run(ctx, Latency.Params(batch_sizes=[1], repeats=10, rounds=4, warmup=1, pause_s=0.0))
+    assert [f.flag for f in m.flags] == ["unstable timing at batch size 1"]
+    assert "apart" in m.flags[0].detail
 
 
 @pytest.mark.parametrize("fixture", ["digits", "adult"])

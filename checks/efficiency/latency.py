@@ -1,11 +1,15 @@
 """efficiency.latency: how fast the model answers on the audit's device.
 
-For every batch size the check takes that many rows of the dataset (repeated when the
-dataset is smaller), runs `warmup` untimed forward passes, then `repeats` timed ones
-under `torch.inference_mode()` with the context's autocast. On CUDA the device is
-synchronised only around each timed pass, so a timing covers the kernels, not the launch
-alone. Percentiles come from the timing samples, and their confidence intervals from a
-bootstrap of those samples.
+Timing on a shared machine is noisy, and one burst of calls can land in a quiet or a
+busy moment. So the calls are made in `rounds` separated rounds; each round times, for
+every batch size in turn, `repeats` calls after `warmup` untimed ones, under
+`torch.inference_mode()` with the context's autocast (on CUDA the device is synchronised
+only around each timed call). The percentiles pool every timed call; their confidence
+intervals come from a two-level bootstrap that resamples rounds, then calls within each
+round, so the spread between rounds is in the interval. When the rounds disagree (the
+largest round median is more than `tolerance` above the smallest), the timing is flagged
+as unstable, which caps the check at `warn`: the numbers describe the machine's load as
+much as the model.
 
 Headline: `p95_ms` and `p50_ms` are per-call latencies at the smallest batch size (batch
 size 1 by default: the latency a single request sees); `throughput` is samples per second
@@ -15,21 +19,27 @@ size of the weights serialized as safetensors (10^6 bytes), i.e. their size on d
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import torch
 from pydantic import Field, field_validator
 
-from audit.check import Check, Measurement, Metric, Params, chart, higher, lower, table, text
+from audit.check import Check, Flag, Measurement, Metric, Params, chart, higher, lower, table, text
 from audit.registry import register_check
-from audit.stats import percentile_ci
+from audit.stats import from_draws
 
 _RESAMPLES = 2000
 
 
 class LatencyParams(Params):
     batch_sizes: list[int] = Field(default_factory=lambda: [1, 64], min_length=1)
-    warmup: int = Field(5, ge=0, le=1000)
-    repeats: int = Field(30, ge=5, le=10_000)
+    warmup: int = Field(5, ge=0, le=1000, description="untimed calls before each round's timed ones")
+    repeats: int = Field(20, ge=3, le=10_000, description="timed calls per batch size in each round")
+    rounds: int = Field(5, ge=2, le=100, description="separated timing rounds")
+    pause_s: float = Field(0.05, ge=0.0, le=10.0, description="pause between rounds")
+    tolerance: float = Field(0.25, gt=0.0, le=10.0,
+                             description="largest relative gap between round medians before the timing is unstable")
 
     @field_validator("batch_sizes")
     @classmethod
@@ -39,13 +49,17 @@ class LatencyParams(Params):
         return sorted(set(v))
 
 
-def bootstrap_quantile(samples: np.ndarray, q: float, *, confidence: float, rng: np.random.Generator,
-                       n_resamples: int = _RESAMPLES) -> Metric:
-    """The q-th percentile of `samples` with a percentile-bootstrap CI (index resampling)."""
-    samples = np.asarray(samples, dtype=np.float64)
-    idx = rng.integers(0, len(samples), size=(n_resamples, len(samples)))
-    draws = np.percentile(samples[idx], q, axis=1)
-    return Metric(float(np.percentile(samples, q)), percentile_ci(draws, confidence))
+def rounds_quantile(rounds: np.ndarray, q: float, *, confidence: float, rng: np.random.Generator,
+                    n_resamples: int = _RESAMPLES) -> Metric:
+    """The q-th percentile of all timings (rounds x calls) with a two-level bootstrap CI:
+    rounds resampled with replacement, then calls within each chosen round."""
+    rounds = np.asarray(rounds, dtype=np.float64)
+    r, c = rounds.shape
+    pick_r = rng.integers(0, r, size=(n_resamples, r))
+    pick_c = rng.integers(0, c, size=(n_resamples, r, c))
+    sample = rounds[pick_r[:, :, None], pick_c].reshape(n_resamples, r * c)
+    draws = np.percentile(sample, q, axis=1)
+    return from_draws(float(np.percentile(rounds, q)), draws, confidence, n=r * c, bounds=(0.0, None))
 
 
 def weights_size_bytes(module: torch.nn.Module) -> int:
@@ -78,22 +92,32 @@ class Latency(Check):
         ds = ctx.dataset(params.data)
         module = ctx.model.module
         device = ctx.device
-        rows, per_bs = [], {}
-        for bs in params.batch_sizes:
-            idx = np.arange(bs) % len(ds)
-            x = torch.as_tensor(ds.x[idx]).to(device)
-            # the same precision as the audit's own inference (bf16 autocast on CUDA)
-            times = ctx.time_calls(None, x, warmup=params.warmup, repeats=params.repeats)
-            ms = times * 1000.0
+        inputs = {bs: torch.as_tensor(ds.x[np.arange(bs) % len(ds)]).to(device) for bs in params.batch_sizes}
+        timings = {bs: np.empty((params.rounds, params.repeats)) for bs in params.batch_sizes}
+        for r in range(params.rounds):
+            if r and params.pause_s:
+                time.sleep(params.pause_s)  # separate the rounds in time
+            for bs, x in inputs.items():
+                # the same precision as the audit's own inference (bf16 autocast on CUDA)
+                timings[bs][r] = ctx.time_calls(None, x, warmup=params.warmup, repeats=params.repeats) * 1000.0
+        rows, per_bs, flags = [], {}, []
+        for bs, ms in timings.items():
             rng = ctx.rng(f"{self.name}:{params.data}:{bs}")
-            p50 = bootstrap_quantile(ms, 50, confidence=params.confidence, rng=rng)
-            p95 = bootstrap_quantile(ms, 95, confidence=params.confidence, rng=rng)
+            p50 = rounds_quantile(ms, 50, confidence=params.confidence, rng=rng)
+            p95 = rounds_quantile(ms, 95, confidence=params.confidence, rng=rng)
             # throughput = bs / median seconds; the CI maps the median's CI (monotone)
             thr = Metric(bs * 1000.0 / p50.value,
                          None if p50.ci is None else (bs * 1000.0 / p50.ci[1], bs * 1000.0 / p50.ci[0]))
+            medians = np.median(ms, axis=1)
+            spread = float(medians.max() / medians.min() - 1.0) if medians.min() > 0 else float("inf")
+            if spread > params.tolerance:
+                flags.append(Flag(f"unstable timing at batch size {bs}",
+                                  f"round medians range from {medians.min():.4g} to {medians.max():.4g} ms "
+                                  f"({spread:.0%} apart, tolerance {params.tolerance:.0%}): the machine's load "
+                                  "changed during the measurement; rerun on a quiet machine"))
             per_bs[bs] = (p50, p95, thr, ms)
             rows.append([bs, _cell(p50), _cell(p95), round(float(ms.mean()), 4), round(float(ms.min()), 4),
-                         _cell(thr, 1), params.repeats])
+                         _cell(thr, 1), f"{medians.min():.4g}-{medians.max():.4g}", ms.size])
         small, large = min(per_bs), max(per_bs)
         n_params = int(sum(p.numel() for p in module.parameters()))
         size_mb = weights_size_bytes(module) / 1e6
@@ -101,8 +125,9 @@ class Latency(Check):
                    "params": Metric(float(n_params)), "size_mb": Metric(size_mb)}
         evidence = [
             table("Latency per batch size", ["batch size", "p50 ms", "p95 ms", "mean ms", "min ms",
-                                             "throughput (samples/s)", "timed calls"], rows,
-                  note=f"{params.warmup} warm-up calls per batch size; CIs bootstrap the timing samples."),
+                                             "throughput (samples/s)", "round medians (ms)", "timed calls"], rows,
+                  note=f"{params.rounds} rounds x {params.repeats} timed calls per batch size, {params.warmup} "
+                       "warm-up calls before each; CIs: two-level bootstrap over rounds, then calls."),
             text("Timing set-up",
                  f"device {device}"
                  + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else
@@ -112,7 +137,7 @@ class Latency(Check):
         ]
         evidence.append(chart("bar", "Latency per batch size", _bars(per_bs),
                               caption="Median and 95th-percentile call latency with bootstrap CIs."))
-        return Measurement(metrics=metrics, evidence=evidence)
+        return Measurement(metrics=metrics, evidence=evidence, flags=flags)
 
 
 def _cell(m: Metric, digits: int = 4) -> dict:
