@@ -252,17 +252,18 @@ class Context:
         return times
 
     # ---- cached outputs per dataset --------------------------------------------------------
-    def cached_logits(self, key: str, make_input: Callable[[], np.ndarray]) -> np.ndarray:
-        """Logits for a derived input (a corruption, an attack's result), computed once per key."""
+    def cached_logits(self, key: str, make_input: Callable[[], np.ndarray], label: str | None = None) -> np.ndarray:
+        """Logits for a derived input (a corruption, an attack's result), computed once per
+        key; `label` is what the progress display calls it."""
         if key not in self._logits:
-            self._logits[key] = self.infer(make_input(), what=key)
+            self._logits[key] = self.infer(make_input(), what=label or key)
         return self._logits[key]
 
     def logits(self, name: str) -> np.ndarray:
         if name not in self._logits:
             ds = self.dataset(name)
             try:
-                out = self.infer(ds.x, what=f"predict {name}")
+                out = self.infer(ds.x, what=f"Predicting '{name}' ({len(ds):,} samples)")
             except ModelError:
                 raise
             except (RuntimeError, ValueError, IndexError, TypeError) as exc:

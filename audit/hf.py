@@ -45,11 +45,15 @@ def _transformers() -> Any:
     # offline: a local folder only, never a download (read by huggingface_hub at import)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    # the audit shows its own progress: no per-file weight-loading bars or advisory logs
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     try:
         import transformers
     except ModuleNotFoundError:
         raise ModelError("a Hugging Face model folder needs the optional `transformers` package: "
                          "pip install 'audit-suite[hf]'", where="model.path") from None
+    transformers.logging.set_verbosity_error()
+    transformers.logging.disable_progress_bar()
     return transformers
 
 

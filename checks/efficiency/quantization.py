@@ -144,9 +144,9 @@ class Quantization(Check):
         if ctx.device.type == "cpu":
             pred_o = ctx.predictions(params.data)[idx]  # the audit's own float32 CPU predictions
         else:  # the audit ran on an accelerator (bf16): compare like with like on the CPU
-            pred_o = _predict(ctx, fp32, x, "float32 copy (CPU)")
+            pred_o = _predict(ctx, fp32, x, "Predicting with the float32 copy (CPU)")
         with int8_inference():
-            pred_q = _predict(ctx, q, x, "dynamic int8 copy")
+            pred_q = _predict(ctx, q, x, "Predicting with the int8 copy")
 
         co, cq = (pred_o == y).astype(int), (pred_q == y).astype(int)
         cm = np.bincount(co * 2 + cq, minlength=4).reshape(2, 2)

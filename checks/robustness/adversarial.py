@@ -146,7 +146,7 @@ class AdversarialRobustness(Check):
             (cached) inference path as the clean predictions."""
             if len(att) == 0:
                 return np.zeros(0, dtype=np.int64)
-            return _predict_np(ctx.cached_logits(f"{tag}:{key}", make))
+            return _predict_np(ctx.cached_logits(f"{tag}:{key}", make, label="Adversarial predictions"))
 
         y_att = y_np[att]
         rows: dict[float, dict[str, Any]] = {}

@@ -96,7 +96,8 @@ class CorruptionShift(Check):
             def make(c: str = c, s: int = s) -> np.ndarray:
                 return apply_transform(sub, c, s, ctx.rng(f"{tag}:{c}:{s}")).x
 
-            logits = ctx.cached_logits(f"corruption:{params.data}:{c}:{s}:{n}", make)
+            logits = ctx.cached_logits(f"corruption:{params.data}:{c}:{s}:{n}", make,
+                                       label=f"Corruptions of '{params.data}'")
             correct[:, j] = _predict(logits) == sub.y
 
         # Column 0: clean; columns 1..: the grid cells.

@@ -75,14 +75,14 @@ class Reproducibility(Check):
             first = ctx.logits(params.data)  # the cached pass; repeats use the same batches
         else:
             idx = np.sort(ctx.rng(f"{self.name}:{params.data}:subset").choice(n, params.n_samples, replace=False))
-            first = ctx.infer(ds.x[idx], what=f"{self.name} pass 1")
+            first = ctx.infer(ds.x[idx], what="Repeated inference, pass 1")
         x = ds.x[idx]
         pred0 = logits_to_proba(first).argmax(axis=1)
         same = np.ones(len(idx), dtype=bool)
         rows = []
         max_diff = 0.0
         for r in range(params.repeats):
-            out = ctx.infer(x, what=f"{self.name} pass {r + 2}")
+            out = ctx.infer(x, what=f"Repeated inference, pass {r + 2}")
             pred = logits_to_proba(out).argmax(axis=1)
             diff = float(np.abs(out.astype(np.float64) - first).max()) if out.size else 0.0
             same &= pred == pred0
@@ -111,7 +111,7 @@ class Reproducibility(Check):
         original = ctx.model
         again = ctx.retrain()
         module = again.module
-        out = ctx.run_model(module, ds.x, what="retrained model")
+        out = ctx.run_model(module, ds.x, what="Predicting with the retrained model")
         pred_a, pred_b, y = ctx.predictions(params.data), logits_to_proba(out).argmax(axis=1), ds.y
         labels = np.arange(ds.n_classes)
         scores = {

@@ -67,7 +67,7 @@ def deletion_curves(ctx: Context, params: AttributionParams, ds: Dataset, x: np.
             mask = removed[:, :, index]                                        # (m, steps, elements)
             batch.append(np.where(mask, bf[sl][:, None], xf[sl][:, None]))
         pert = np.stack(batch).reshape((-1,) + x.shape[1:]).astype(np.float32)
-        proba = logits_to_proba(ctx.infer(pert, what="deletion curves"))
+        proba = logits_to_proba(ctx.infer(pert, what="Deletion curves"))
         t = np.broadcast_to(target[sl][None, :, None], (len(order_rank), m, steps)).ravel()
         pt = proba[np.arange(len(t)), t].reshape(len(order_rank), m, steps)
         curves[:, sl, 1:] = pt / np.maximum(p0[sl], 1e-12)[None, :, None]
@@ -90,7 +90,7 @@ def completeness_gap(ctx: Context, x: np.ndarray, baseline: np.ndarray, attr: np
     for a single-logit model, as explained). Counted passes through the Context, in float32
     (cached predictions may come from autocast), in the explained chunks."""
     rows = np.arange(len(x))
-    fx, fb = (class_logits(ctx.run_model(None, v, what="completeness", batch_size=chunk, precision="float32"))
+    fx, fb = (class_logits(ctx.run_model(None, v, what="Completeness check", batch_size=chunk, precision="float32"))
               for v in (x, baseline))
     diff = fx[rows, target] - fb[rows, target]
     total = attr.reshape(len(x), -1).astype(np.float64).sum(axis=1)
