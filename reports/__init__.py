@@ -101,10 +101,13 @@ def write_report(results: Mapping[str, Any], out_dir: Path, formats: Iterable[st
     out_dir.mkdir(parents=True, exist_ok=True)
 
     payload: dict[str, bytes] = {}
+    text = results_json(results)
     if "json" in wanted:
-        payload["json"] = results_json(results).encode("utf-8")
+        payload["json"] = text.encode("utf-8")
     if wanted & {"html", "pdf"}:
-        html = render_html(results)
+        # rendered from the JSON as written, so that `audit render results.json` gives the
+        # same bytes as the run did
+        html = render_html(json.loads(text))
         if "html" in wanted:
             payload["html"] = html.encode("utf-8")
         if "pdf" in wanted:
