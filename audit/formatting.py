@@ -10,13 +10,13 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from datetime import datetime, timezone
-from typing import Any
+from typing import Any, TypeGuard
 
 __all__ = ["format_ci", "format_datetime", "format_metric", "format_number", "format_seconds",
            "format_threshold", "format_value", "is_number", "short_hash"]
 
 
-def is_number(v: Any) -> bool:
+def is_number(v: Any) -> TypeGuard[int | float]:
     """int or float, but not bool (a bool is a yes/no, not a quantity)."""
     return isinstance(v, (int, float)) and not isinstance(v, bool)
 

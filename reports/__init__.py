@@ -3,20 +3,28 @@
     from reports import write_report
     paths = write_report(results, Path("audit-report"), {"json", "html", "pdf"})
 
-`render_html(results)` gives the self-contained HTML page; `render_pdf(html, path,
-base_dir)` prints it with WeasyPrint (no network); `reports.diff` compares two
-results files; `reports.plots` draws the SVG figures checks put in their evidence.
+`render_html(results)` gives the self-contained HTML page (a pure function of the
+results); `render_pdf(html, path, base_dir)` prints it with WeasyPrint (no network);
+`reports.diff` compares two results files.
+
+Modules: `view` (results -> what the page shows), `html` (Jinja environment, render),
+`charts` (chart kinds checks may name -> the `plots*` renderers), `svg` (the sanitizer
+every figure passes through), `pdf`, `diff`.
+
+This package imports neither torch nor `checks` nor the audit runner: a report is drawn
+from `results.json` alone.
 """
 
 from __future__ import annotations
 
 import json
-import math
 import os
 import tempfile
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
+
+from audit.results import jsonable
 
 __all__ = ["FORMATS", "atomic_write_bytes", "atomic_write_text", "diff_results", "format_diff",
            "render_html", "render_pdf", "results_json", "write_report"]
@@ -74,26 +82,8 @@ def atomic_write_text(path: Path, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
 
 
-def _jsonable(v: Any) -> Any:
-    """Non-finite floats become null (as audit.check does for metrics); numpy scalars
-    and arrays become plain Python; tuples become lists."""
-    if isinstance(v, float):
-        return v if math.isfinite(v) else None
-    if isinstance(v, Mapping):
-        return {str(k): _jsonable(x) for k, x in v.items()}
-    if isinstance(v, (list, tuple)):
-        return [_jsonable(x) for x in v]
-    if isinstance(v, (str, int, bool)) or v is None:
-        return v
-    if hasattr(v, "tolist"):  # numpy scalar or array
-        return _jsonable(v.tolist())
-    if isinstance(v, Path):
-        return str(v)
-    raise TypeError(f"results contain a value that is not JSON-ready: {type(v).__name__}")
-
-
 def results_json(results: Mapping[str, Any]) -> str:
-    return json.dumps(_jsonable(results), indent=2, ensure_ascii=False, allow_nan=False) + "\n"
+    return json.dumps(jsonable(results), indent=2, ensure_ascii=False, allow_nan=False) + "\n"
 
 
 def write_report(results: Mapping[str, Any], out_dir: Path, formats: Iterable[str] = FORMATS) -> dict[str, Path]:
@@ -111,10 +101,13 @@ def write_report(results: Mapping[str, Any], out_dir: Path, formats: Iterable[st
     out_dir.mkdir(parents=True, exist_ok=True)
 
     payload: dict[str, bytes] = {}
+    text = results_json(results)
     if "json" in wanted:
-        payload["json"] = results_json(results).encode("utf-8")
+        payload["json"] = text.encode("utf-8")
     if wanted & {"html", "pdf"}:
-        html = render_html(results)
+        # rendered from the JSON as written, so that `audit render results.json` gives the
+        # same bytes as the run did
+        html = render_html(json.loads(text))
         if "html" in wanted:
             payload["html"] = html.encode("utf-8")
         if "pdf" in wanted:

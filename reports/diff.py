@@ -29,7 +29,7 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
-from reports.html import format_number, format_threshold, format_value
+from audit.formatting import format_number, format_threshold, format_value
 
 __all__ = ["diff_results", "format_diff"]
 

@@ -1,8 +1,11 @@
-"""Small report figures as inline SVG strings.
+"""Small report figures as SVG strings.
 
 Every helper returns an ``<svg ...>`` element (no XML declaration, no DOCTYPE, no
-metadata) ready to put in a check's evidence (``audit.check.figure``). Output is
-deterministic for the same input: ``svg.hashsalt`` is fixed and no date is written.
+metadata). Checks do not call them: they emit chart evidence (``audit.check.chart``)
+and the report draws it through ``reports.charts``, so every argument also arrives in
+its JSON form (lists for arrays and tuples, nested lists, ``None`` for NaN) and each
+helper accepts that. Output is deterministic for the same input: ``svg.hashsalt`` is
+fixed, no date is written, and text is never parsed as mathtext.
 
 Text stays text (``svg.fonttype = 'none'``): the SVG is small, the words are
 searchable and selectable in the PDF, and WeasyPrint and browsers both render it
@@ -51,6 +54,7 @@ FIGSIZE = (4.5, 3.0)
 _RC = {
     "svg.fonttype": "none",
     "svg.hashsalt": "audit-report",
+    "text.parse_math": False,  # labels are user data: "$50K-$100K" is text, not TeX
     "font.family": "sans-serif",
     "font.sans-serif": ["DejaVu Sans", "Helvetica", "Arial", "Liberation Sans"],
     "font.size": 8.5,
@@ -106,6 +110,7 @@ def _ygrid(ax) -> None:
 
 
 def _arr(x: Any) -> np.ndarray:
+    """Floats from an array or its JSON form; None (JSON's null for NaN) becomes NaN."""
     return np.asarray(x, dtype=np.float64)
 
 
@@ -121,7 +126,7 @@ def confusion_matrix_svg(cm: Any, classes: Sequence[Any], *, title: str = "Confu
                          normalize: bool = True) -> str:
     """Rows are true classes, columns predicted. Colour is the row-normalised rate
     (recall on the diagonal), the annotation the raw count."""
-    counts = np.asarray(cm, dtype=np.float64)
+    counts = np.nan_to_num(_arr(cm))
     if counts.ndim != 2 or counts.shape[0] != counts.shape[1]:
         raise ValueError(f"confusion matrix must be square, got shape {counts.shape}")
     k = counts.shape[0]
@@ -167,7 +172,7 @@ def reliability_diagram_svg(bin_conf: Any, bin_acc: Any, bin_count: Any, *,
     bin's mean confidence shaded, the diagonal of perfect calibration, and the share of
     samples per bin underneath. Bins are equal-width on [0, 1] unless `bin_edges`
     (n + 1 values) says otherwise. Empty bins are left out."""
-    conf, acc, cnt = _arr(bin_conf), _arr(bin_acc), _arr(bin_count)
+    conf, acc, cnt = _arr(bin_conf), _arr(bin_acc), np.nan_to_num(_arr(bin_count))
     if not (conf.shape == acc.shape == cnt.shape):
         raise ValueError("bin_conf, bin_acc and bin_count must have the same length")
     n_bins = max(len(cnt), 1)
@@ -209,13 +214,12 @@ def bar_chart_svg(labels: Sequence[Any], values: Sequence[Any], ci_lo: Sequence[
     """Vertical bars with optional confidence-interval whiskers and a dashed threshold line.
     `highlight` (one bool per bar) draws those bars in the warning colour."""
     names = [_label(x) for x in labels]
-    vals = _arr([np.nan if v is None else v for v in values])
+    vals = _arr(values)
     if len(names) != len(vals):
         raise ValueError(f"{len(names)} labels for {len(vals)} values")
     yerr = None
     if ci_lo is not None and ci_hi is not None:
-        lo = _arr([np.nan if v is None else v for v in ci_lo])
-        hi = _arr([np.nan if v is None else v for v in ci_hi])
+        lo, hi = _arr(ci_lo), _arr(ci_hi)
         yerr = np.vstack([np.clip(vals - lo, 0, None), np.clip(hi - vals, 0, None)])
         yerr = np.nan_to_num(yerr)
     colours = [PALETTE[3] if (highlight is not None and highlight[i]) else PALETTE[0] for i in range(len(vals))]
@@ -256,13 +260,12 @@ def line_chart_svg(series: Mapping[str, Sequence[Any]], xlabel: str = "", ylabel
         for i, (name, data) in enumerate(series.items()):
             if len(data) not in (2, 4):
                 raise ValueError(f"series {name!r} must be (x, y) or (x, y, lo, hi)")
-            x, y = _arr(data[0]), _arr([np.nan if v is None else v for v in data[1]])
+            x, y = _arr(data[0]), _arr(data[1])
             colour = PALETTE[i % len(PALETTE)]
             ax.plot(x, y, color=colour, marker=_MARKERS[i % len(_MARKERS)] if len(x) <= 40 else None,
                     ls=_LINESTYLES[i % len(_LINESTYLES)], label=_label(name, 32))
             if len(data) == 4 and data[2] is not None and data[3] is not None:
-                lo = _arr([np.nan if v is None else v for v in data[2]])
-                hi = _arr([np.nan if v is None else v for v in data[3]])
+                lo, hi = _arr(data[2]), _arr(data[3])
                 ax.fill_between(x, lo, hi, color=colour, alpha=0.18, linewidth=0)
         if threshold is not None and math.isfinite(float(threshold)):
             ax.axhline(float(threshold), ls="--", color=_THRESHOLD, lw=1.1, label=f"threshold {float(threshold):g}")
@@ -310,7 +313,7 @@ def roc_curve_svg(fpr: Any, tpr: Any, title: str = "ROC curve", *, label: str | 
 
 
 def _as_image(img: Any) -> tuple[np.ndarray, bool]:
-    a = np.asarray(img, dtype=np.float64)
+    a = _arr(img)
     if a.ndim == 3 and a.shape[0] in (1, 3) and a.shape[-1] not in (1, 3):
         a = np.moveaxis(a, 0, -1)  # CHW -> HWC
     if a.ndim == 3 and a.shape[-1] == 1:
@@ -353,7 +356,7 @@ def image_grid_svg(images: Sequence[Any], titles: Sequence[Any] | None = None,
             img, gray = imgs[i]
             ax.imshow(img, cmap="gray" if gray else None, vmin=0, vmax=1, interpolation="nearest")
             if overlays is not None and overlays[i] is not None:
-                ov = np.abs(np.asarray(overlays[i], dtype=np.float64))
+                ov = np.abs(np.nan_to_num(_arr(overlays[i])))
                 if ov.ndim == 3:
                     ov = ov.sum(axis=0) if ov.shape[0] in (1, 3) and ov.shape[-1] not in (1, 3) else ov.sum(axis=-1)
                 top = float(np.nanmax(ov)) if ov.size else 0.0

@@ -12,19 +12,18 @@ from typing import Any
 import numpy as np
 from matplotlib.figure import Figure
 
-from reports.plots import _INK, _GRID, FIGSIZE, PALETTE, _label, _render
+from reports.plots import _INK, _GRID, FIGSIZE, PALETTE, _arr, _label, _render
 
 
 def importance_bars_svg(names: Sequence[Any], values: Sequence[float], lo: Sequence[float] | None = None,
                         hi: Sequence[float] | None = None, *, title: str = "Global importance",
                         xlabel: str = "mean |attribution|") -> str:
     """Horizontal bars, most important at the top, with CI whiskers."""
-    v = np.asarray(values, dtype=np.float64)
+    v = _arr(values)
     labels = [_label(n, 28) for n in names]
     xerr = None
     if lo is not None and hi is not None:
-        xerr = np.nan_to_num(np.vstack([np.clip(v - np.asarray(lo, np.float64), 0, None),
-                                        np.clip(np.asarray(hi, np.float64) - v, 0, None)]))
+        xerr = np.nan_to_num(np.vstack([np.clip(v - _arr(lo), 0, None), np.clip(_arr(hi) - v, 0, None)]))
     height = max(FIGSIZE[1] * 0.8, 0.2 * len(v) + 0.9)
 
     def draw(fig: Figure) -> None:
@@ -41,13 +40,19 @@ def importance_bars_svg(names: Sequence[Any], values: Sequence[float], lo: Seque
     return _render(draw, (FIGSIZE[0] + 0.8, height))
 
 
-def beeswarm_svg(names: Sequence[Any], attributions: np.ndarray, values: np.ndarray | None = None, *,
+def beeswarm_svg(names: Sequence[Any], attributions: Any, values: Any = None, *,
                  title: str = "Attribution summary", seed: int = 0) -> str:
     """One row per feature (top first), one dot per sample at its attribution, jittered
     vertically by local density; coloured by the feature's value (rank within the feature)
-    where `values` is finite, grey elsewhere."""
-    a = np.asarray(attributions, dtype=np.float64)
+    where `values` is finite, grey elsewhere. `attributions` and `values` are samples x
+    features; samples whose attribution is not finite are left out of that feature's row."""
+    a = _arr(attributions)
     labels = [_label(n, 28) for n in names]
+    if a.ndim != 2 or a.shape[1] != len(labels):
+        raise ValueError(f"attributions must be samples x {len(labels)} features, got shape {a.shape}")
+    vals = None if values is None else _arr(values)
+    if vals is not None and vals.shape != a.shape:
+        raise ValueError(f"values have shape {vals.shape}, attributions {a.shape}")
     height = max(FIGSIZE[1] * 0.8, 0.28 * len(labels) + 1.0)
     rng = np.random.default_rng(seed)
 
@@ -56,13 +61,16 @@ def beeswarm_svg(names: Sequence[Any], attributions: np.ndarray, values: np.ndar
         mappable = None
         for j in range(a.shape[1]):
             row = len(labels) - 1 - j
-            col = a[:, j]
+            keep = np.isfinite(a[:, j])
+            col = a[keep, j]
+            if col.size == 0:
+                continue
             # jitter scaled by how crowded the dot's neighbourhood is (a cheap beeswarm)
             span = np.ptp(col) or 1.0
             hist, edges = np.histogram(col, bins=30, range=(col.min() - 1e-12, col.min() + span + 1e-12))
             dens = hist[np.clip(np.digitize(col, edges) - 1, 0, len(hist) - 1)] / max(hist.max(), 1)
             yy = row + rng.uniform(-0.38, 0.38, len(col)) * dens
-            v = None if values is None else np.asarray(values[:, j], dtype=np.float64)
+            v = None if vals is None else vals[keep, j]
             if v is not None and np.isfinite(v).all() and np.ptp(v) > 0:
                 c = (np.argsort(np.argsort(v)) / max(len(v) - 1, 1))
                 mappable = ax.scatter(col, yy, c=c, cmap="coolwarm", vmin=0, vmax=1, s=7, linewidths=0)

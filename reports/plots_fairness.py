@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 from matplotlib.figure import Figure
 
-from reports.plots import _INK, FIGSIZE, PALETTE, _label, _render, _ygrid
+from reports.plots import _INK, FIGSIZE, PALETTE, _arr, _label, _render, _ygrid
 
 _HATCHES = ["", "//", "..", "xx", "\\\\"]
 
@@ -32,9 +32,7 @@ def group_rates_svg(groups: Sequence[Any], series: Mapping[str, tuple[Sequence[f
         ax = fig.add_subplot()
         x = np.arange(n_groups)
         for j, (name, (vals, lo, hi)) in enumerate(series.items()):
-            v = np.asarray([np.nan if a is None else a for a in vals], dtype=np.float64)
-            lo_ = np.asarray([np.nan if a is None else a for a in lo], dtype=np.float64)
-            hi_ = np.asarray([np.nan if a is None else a for a in hi], dtype=np.float64)
+            v, lo_, hi_ = _arr(vals), _arr(lo), _arr(hi)
             yerr = np.nan_to_num(np.vstack([np.clip(v - lo_, 0, None), np.clip(hi_ - v, 0, None)]))
             alpha = [0.35 if insufficient is not None and insufficient[i] else 1.0 for i in range(n_groups)]
             bars = ax.bar(x + (j - (n_series - 1) / 2) * width, np.nan_to_num(v), width=width * 0.95,

@@ -4,26 +4,28 @@ lines stay readable. Same style, palette and SVG conventions as `reports.plots`.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 
-import numpy as np
 from matplotlib.figure import Figure
 
-from reports.plots import _LINESTYLES, _MARKERS, _THRESHOLD, PALETTE, _label, _render, _ygrid
+from reports.plots import _LINESTYLES, _MARKERS, _THRESHOLD, PALETTE, _arr, _label, _render, _ygrid
 
 
-def severity_curves_svg(severities: Sequence[int], curves: Mapping[str, Sequence[float]], clean: float,
+def severity_curves_svg(severities: Sequence[int], curves: Mapping[str, Sequence[float]], clean: float | None,
                         *, title: str = "Accuracy vs corruption severity", ylabel: str = "accuracy") -> str:
-    """One line per corruption over the severities, the clean accuracy as a dashed line."""
-    sev = np.asarray(list(severities), dtype=float)
+    """One line per corruption over the severities, the clean accuracy (when known) as a
+    dashed line."""
+    sev = _arr(list(severities))
 
     def draw(fig: Figure) -> None:
         ax = fig.add_subplot()
         for i, (name, ys) in enumerate(curves.items()):
-            ax.plot(sev, np.asarray(ys, dtype=float), color=PALETTE[i % len(PALETTE)],
+            ax.plot(sev, _arr(ys), color=PALETTE[i % len(PALETTE)],
                     marker=_MARKERS[i % len(_MARKERS)], ls=_LINESTYLES[(i // len(PALETTE)) % len(_LINESTYLES)],
-                    label=_label(name.replace("_", " "), 20))
-        ax.axhline(clean, ls="--", color=_THRESHOLD, lw=1.1, label=f"clean {clean:.3f}")
+                    label=_label(str(name).replace("_", " "), 20))
+        if clean is not None and math.isfinite(float(clean)):
+            ax.axhline(float(clean), ls="--", color=_THRESHOLD, lw=1.1, label=f"clean {float(clean):.3f}")
         ax.set_xticks(sev, [str(int(s)) for s in sev])
         ax.set_ylim(0.0, 1.02)
         ax.set_xlabel("severity")

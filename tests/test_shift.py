@@ -4,8 +4,10 @@ end, the corruption grid and its caching, and bad parameters."""
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -206,7 +208,9 @@ def test_invert_domain_fails_max_drop_end_to_end(tmp_path: Path, capsys) -> None
                      "pixelate", "rotate", "translate"]
     html = (out / "report.html").read_text()
     assert "Accuracy vs corruption severity" in html and "Robustness" in html
-    assert "gaussian noise" in html and "translate" in html
+    # figures are embedded as SVG data images: the legend names every corruption
+    figures = " ".join(base64.b64decode(b).decode() for b in re.findall(r"data:image/svg\+xml;base64,([A-Za-z0-9+/=]+)", html))
+    assert "gaussian noise" in figures and "translate" in figures
 
 
 @pytest.mark.parametrize(("checks", "command", "message"), [
