@@ -34,8 +34,9 @@ STATUS_LABEL = {"pass": "Pass", "warn": "Warn", "fail": "Fail", "error": "Error"
 STATUS_SYMBOL = {"pass": "✓", "warn": "!", "fail": "✗", "error": "⚠", "skipped": "–", "info": "i"}
 STATUS_MEANING = {
     "pass": "every threshold is met with the whole confidence interval on the right side",
-    "warn": "inconclusive: the interval straddles a threshold, a should-level threshold failed, "
-            "or a sanity flag was raised",
+    "warn": "not a clean pass: a should-level threshold failed, an interval straddles a threshold "
+            "(inconclusive), the sample is too small to pass, or a sanity flag was raised; the reason "
+            "is named",
     "fail": "a must-level threshold is missed by the point estimate",
     "error": "the check raised an exception; its traceback is shown",
     "skipped": "a requirement (data role, capability) was missing; the reason is shown",
@@ -43,6 +44,13 @@ STATUS_MEANING = {
 }
 VERDICT_LABEL = {"compliant": "Compliant", "non-compliant": "Non-compliant", "error": "Error",
                  "not assessed": "Not assessed"}
+# Why a check is not a clean pass, by the runner's reason kinds (results.json `reasons`).
+REASON_LABEL = {"must_fail": "Failed (must)", "should_fail": "Failed at should level",
+                "inconclusive": "Inconclusive", "small_sample": "Too few samples",
+                "holm": "Not significant after Holm", "flag": "Sanity flag"}
+# A threshold's badge: its status, with a should-level failure shown apart from a must one.
+THRESHOLD_BADGE = {"pass": ("pass", "Pass"), "inconclusive": ("warn", "Inconclusive"),
+                   "fail": ("fail", "Fail"), "warn": ("warn", "Warn")}
 
 OTHER_AREA = ("other", "Other checks", "Checks whose results name no area of the specification.")
 
@@ -170,8 +178,23 @@ def _threshold_view(t: Mapping[str, Any], metric: Any) -> dict[str, Any]:
     beside it (e.g. an interval widened for a family-wise error rate)."""
     judged = format_metric(t.get("value"), t.get("ci")) if "value" in t else ""
     shown = format_value(metric) if isinstance(metric, Mapping) else ""
-    return {"text": format_threshold(t), "status": str(t.get("status") or ""),
+    status = str(t.get("status") or "")
+    style, label = THRESHOLD_BADGE.get(status, ("error", status or "?"))
+    if status == "fail" and t.get("level") == "should":
+        style, label = "warn", "Fail (should)"
+    reason = _mapping(t.get("reason"))
+    return {"text": format_threshold(t), "status": status, "badge": style, "label": label,
+            "reason": str(reason.get("text") or "") if reason.get("kind") in ("small_sample", "holm") else "",
             "judged": judged, "judged_differs": bool(judged) and judged != shown}
+
+
+def _reasons(check: Mapping[str, Any]) -> list[dict[str, str]]:
+    out = []
+    for r in check.get("reasons") or []:
+        if isinstance(r, Mapping) and r.get("kind") != "flag":  # flags have their own box
+            kind = str(r.get("kind") or "")
+            out.append({"kind": kind, "label": REASON_LABEL.get(kind, kind), "text": str(r.get("text") or "")})
+    return out
 
 
 def _param_text(v: Any) -> str:
@@ -235,6 +258,7 @@ def _check_view(check: Mapping[str, Any], anchors: set[str]) -> dict[str, Any]:
         "confidence": _confidence(check),
         "params": [(str(k), _param_text(v)) for k, v in params.items() if k not in _SHOWN_PARAMS],
         "flags": _flag_items(check.get("flags")),
+        "reasons": _reasons(check),
         "metrics": rows,
         "headline": {"name": head, "value": head_value,
                      "thresholds": [format_threshold(t) for t in head_thresholds]},
@@ -458,7 +482,7 @@ def _verdict_note(verdict: str, s: Mapping[str, int]) -> str:
     if s.get("pass"):
         rest.append(f"{s['pass']} passed")
     if s.get("warn"):
-        rest.append(f"{s['warn']} inconclusive (warn)")
+        rest.append(f"{s['warn']} with a warning (named below)")
     if s.get("info"):
         rest.append(f"{s['info']} reported without thresholds")
     if s.get("skipped"):
@@ -477,6 +501,20 @@ def _verdict_note(verdict: str, s: Mapping[str, int]) -> str:
     if s.get("fail"):
         head += f" {_plural(s['fail'], 'check')} failed a must-level threshold."
     return head + tail
+
+
+def _findings(checks: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """What keeps each check from a clean pass, for the cover: failures first, then
+    should-level failures, inconclusive results and sanity flags, each named."""
+    order = list(REASON_LABEL)
+    rows = []
+    for c in checks:
+        for r in c["reasons"]:
+            rows.append({"id": c["id"], "anchor": c["anchor"], **r})
+        for f in c["flags"]:
+            rows.append({"id": c["id"], "anchor": c["anchor"], "kind": "flag", "label": REASON_LABEL["flag"],
+                         "text": f"{f['flag']}" + (f": {f['detail']}" if f.get("detail") else "")})
+    return sorted(rows, key=lambda r: order.index(r["kind"]) if r["kind"] in order else len(order))
 
 
 def build_view(results: Mapping[str, Any]) -> dict[str, Any]:
@@ -536,6 +574,7 @@ def build_view(results: Mapping[str, Any]) -> dict[str, Any]:
         "audit_version": versions.get("audit") or "",
         "duration": format_seconds(prov.get("duration_s")),
         "checks": checks,
+        "findings": _findings(checks),
         "areas": areas,
         "datasets": _datasets_view(results.get("datasets") or {}),
         "model": _model_view(results.get("model"), results.get("training")),

@@ -69,6 +69,12 @@ def test_demo_writes_complete_report(demo_out: Path) -> None:
     assert results["model"]["trainable_params"] == results["model"]["params"] > 0
     html = (demo_out / "report.html").read_text()
     assert "<style" in html and 'src="http' not in html and "<link" not in html
+    # the inverted-digits drop (0.78 against a should-level 0.1) is a failure at should
+    # level, named on the cover, never "inconclusive"
+    domains = next(c for c in results["checks"] if c["id"] == "domains")
+    assert domains["status"] == "warn" and [r["kind"] for r in domains["reasons"]] == ["should_fail"]
+    cover = html[:html.index('id="compliance-matrix"')]
+    assert "Failed at should level</strong> in <a href=\"#domains\">domains</a>: max_drop 0.778" in cover
     pdf = (demo_out / "report.pdf").read_bytes()
     assert pdf.startswith(b"%PDF")
     assert pdf_page_count(pdf) >= 3, "the PDF has several pages"
