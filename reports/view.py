@@ -225,6 +225,7 @@ def _check_view(check: Mapping[str, Any], anchors: set[str]) -> dict[str, Any]:
             "name": m,
             "value": format_number(value) + (f" {unit}" if unit and value is not None else ""),
             "ci": format_ci(mv.get("ci") if isinstance(mv, Mapping) else None) or "—",
+            "n": format_number(mv.get("n")) if isinstance(mv, Mapping) and is_number(mv.get("n")) else "—",
             "direction": "" if hib is None else ("↑ higher is better" if hib else "↓ lower is better"),
             "thresholds": [_threshold_view(t, mv) for t in by_metric.get(m, [])],
             "description": mi.get("description") or "",

@@ -216,6 +216,10 @@ def assert_check_contract(cls: type[Check]) -> None:
             if m["ci"] is not None:
                 lo, hi = m["ci"]
                 assert lo is None or hi is None or lo <= hi + 1e-12, (name, m)
+                # a statistical verdict states the sample size it rests on
+                assert isinstance(m.get("n"), int) and m["n"] > 0, (name, m)
+                if cls.metrics[name].proportion:
+                    assert lo is not None and hi is not None and hi > lo, (name, m)
             lo_b, hi_b = cls.metrics[name].bounds
             v = m["value"]
             if v is not None and math.isfinite(v):

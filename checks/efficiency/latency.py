@@ -107,7 +107,7 @@ class Latency(Check):
             p95 = rounds_quantile(ms, 95, confidence=params.confidence, rng=rng)
             # throughput = bs / median seconds; the CI maps the median's CI (monotone)
             thr = Metric(bs * 1000.0 / p50.value,
-                         None if p50.ci is None else (bs * 1000.0 / p50.ci[1], bs * 1000.0 / p50.ci[0]))
+                         None if p50.ci is None else (bs * 1000.0 / p50.ci[1], bs * 1000.0 / p50.ci[0]), n=p50.n)
             medians = np.median(ms, axis=1)
             spread = float(medians.max() / medians.min() - 1.0) if medians.min() > 0 else float("inf")
             if spread > params.tolerance:

@@ -35,7 +35,7 @@ from audit.check import Check, Measurement, Metric, Params, cell, higher, lower,
 from audit.context import logits_to_proba
 from audit.errors import SkipCheck
 from audit.registry import register_check
-from audit.stats import bootstrap_counts, percentile_ci, proportion
+from audit.stats import bootstrap_counts, from_draws, proportion
 
 
 class QuantizationParams(Params):
@@ -198,4 +198,4 @@ def _ratio_of_medians(a: np.ndarray, b: np.ndarray, confidence: float, rng: np.r
     ia = rng.integers(0, len(a), size=(n_resamples, len(a)))
     ib = rng.integers(0, len(b), size=(n_resamples, len(b)))
     draws = np.median(a[ia], axis=1) / np.median(b[ib], axis=1)
-    return Metric(float(np.median(a) / np.median(b)), percentile_ci(draws, confidence))
+    return from_draws(float(np.median(a) / np.median(b)), draws, confidence, n=min(len(a), len(b)))
