@@ -183,6 +183,10 @@ def _clean(el: ET.Element) -> None:
         if isinstance(child.tag, str) and _split(child.tag)[0] in ("", _SVG_NS) \
                 and _split(child.tag)[1] in _SVG_ELEMENTS:
             _clean(child)
+            # An <image> whose href was dropped draws nothing, and WeasyPrint would still
+            # ask its url_fetcher for it (as None): it goes too.
+            if child.tag == "image" and "href" not in child.attrib:
+                el.remove(child)
         else:
             el.remove(child)
 
@@ -197,8 +201,8 @@ def sanitize_svg(svg: str) -> str:
     try:
         parser.feed(svg)  # text: expat reads it as such, whatever encoding an XML declaration names
         root = parser.close()
-    except DefusedXmlException as exc:
-        raise UnsafeSVG(f"figure SVG declares a document type or entities: {exc}") from exc
+    except DefusedXmlException as exc:  # not echoed: its system id is the tamperer's text
+        raise UnsafeSVG("figure SVG declares a document type or entities") from exc
     except ET.ParseError as exc:
         raise UnsafeSVG(f"figure SVG is not well-formed: {exc}") from exc
     if _split(root.tag) not in (("", "svg"), (_SVG_NS, "svg")):
