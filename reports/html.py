@@ -27,7 +27,9 @@ from reports.view import STATUS_LABEL, STATUS_SYMBOL, build_view
 __all__ = ["CSP", "environment", "render_html"]
 
 # No scripts, no external anything: inline styles (ours) and data: images (figures) only.
-CSP = "default-src 'none'; img-src data:; style-src 'unsafe-inline'; font-src data:; base-uri 'none'; form-action 'none'"
+# Everything not named falls back to default-src 'none' (scripts, fonts, frames, fetch,
+# media, ...); base-uri and form-action do not fall back, so they are named.
+CSP = "default-src 'none'; img-src data:; style-src 'unsafe-inline'; base-uri 'none'; form-action 'none'"
 
 
 def _load_template(name: str) -> str:

@@ -1,7 +1,7 @@
 """HTML -> PDF with WeasyPrint, fetching nothing from the network.
 
-The report is self-contained (inline CSS, inline SVG, raster images as ``data:``
-URLs), so the only resources WeasyPrint may load are ``data:`` URLs and files
+The report is self-contained (inline CSS; figures are sanitized SVG as ``data:``
+images, see :mod:`reports.svg`), so the only resources WeasyPrint may load are ``data:`` URLs and files
 inside the report's own folder. Anything else (http, https, ftp, a file outside
 the folder, ...) is refused by :class:`ReportURLFetcher`; WeasyPrint then leaves
 that resource out and carries on.
