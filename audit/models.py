@@ -158,6 +158,7 @@ def _import_factory(spec: AuditSpec) -> Callable[..., Any]:
         raise ModelError(f"'{ms.factory}' must look like 'package.module:callable'", where=where)
     # a factory module beside the spec file is importable, like a test's conftest
     base = str(Path(spec.base_dir).resolve())
+    _forget_other_copy(Path(base), mod_name)
     added = base not in sys.path
     if added:
         sys.path.insert(0, base)
@@ -187,6 +188,25 @@ def _import_factory(spec: AuditSpec) -> Callable[..., Any]:
     if isinstance(fn, type) and not is_module_class:
         raise ModelError(f"'{ms.factory}' is the class {fn.__name__}, not a torch.nn.Module: {own}", where=where)
     return fn
+
+
+def _forget_other_copy(base: Path, mod_name: str) -> None:
+    """When the factory's module lives beside the spec but a module of the same name was
+    imported from elsewhere (another spec's folder, in the same process: pytest, notebooks),
+    drop the cached one so that this spec gets its own file, not a stale namesake."""
+    parts = mod_name.split(".")
+    local = next((c for c in (base.joinpath(*parts).with_suffix(".py"), base.joinpath(*parts, "__init__.py"))
+                  if c.is_file()), None)
+    cached = sys.modules.get(mod_name)
+    if local is None or cached is None:
+        importlib.invalidate_caches()  # a file written since the folder was last listed
+        return
+    if Path(getattr(cached, "__file__", None) or "").resolve() == local.resolve():
+        return
+    root = parts[0]
+    for name in [m for m in sys.modules if m == root or m.startswith(root + ".")]:
+        del sys.modules[name]
+    importlib.invalidate_caches()
 
 
 def factory_origin(spec: AuditSpec) -> str:

@@ -317,6 +317,19 @@ def test_factory_module_beside_the_spec(tmp_path: Path) -> None:
     assert torch.equal(outputs(loaded.module, x), outputs(net, x))
 
 
+def test_factory_modules_of_the_same_name_beside_two_specs(tmp_path: Path) -> None:
+    from safetensors.torch import save_file
+
+    for width, folder in ((3, tmp_path / "a"), (5, tmp_path / "b")):
+        folder.mkdir()
+        (folder / "same_name_model.py").write_text(
+            f"import torch\n\ndef build():\n    return torch.nn.Linear(64, {width})\n")
+        save_file(torch.nn.Linear(64, width).state_dict(), folder / "w.safetensors")
+    for width, folder in ((3, tmp_path / "a"), (5, tmp_path / "b"), (3, tmp_path / "a")):
+        loaded = model_ctx(folder, path="w.safetensors", factory="same_name_model:build").model
+        assert loaded.module.out_features == width  # each spec's own module, not the one imported first
+
+
 def test_torchscript(tmp_path: Path) -> None:
     net = small_cnn()
     x = torch.rand(4, 1, 8, 8)
