@@ -343,7 +343,7 @@ class _Labels:
             if y.max() >= len(self.file_classes):
                 raise DataError(f"label {int(y.max())} is outside the file's `classes` array "
                                 f"({len(self.file_classes)} names)", where=self.where)
-            return self.by_name(np.asarray(self.file_classes)[y], also=self.file_classes)
+            return self.by_name(np.asarray(self.file_classes)[y])
         ref = self.reference()
         if ref is None:
             return y, ClassOrder([str(i) for i in range(int(y.max()) + 1)], f"class indices of {self.origin}",
