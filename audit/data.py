@@ -246,7 +246,8 @@ def _load_fixture(src: _Source, name: str, entry: DataEntry) -> Dataset:
 def _check_sensitive(asked: list[str], available: list[str], where: str) -> None:
     for attr in asked:
         if attr not in available:
-            have = ", ".join(f"'{a}'" for a in available) if available else "none"
+            have = ", ".join(f"'{a}'" for a in available[:12]) if available else "none"
+            have += f", … ({len(available)} in all)" if len(available) > 12 else ""
             raise DataError(f"unknown sensitive attribute '{attr}' (available: {have}).{did_you_mean(attr, available)}",
                             where=where)
 
