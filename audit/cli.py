@@ -154,6 +154,9 @@ def cmd_run(args: argparse.Namespace, spec_path: Path | None = None) -> int:
     with progress_reporter(args.quiet) as progress:
         results = run_audit(spec, device=args.device, progress=progress,
                             on_check=None if args.quiet else _print_check).to_json()
+    # how the data were read (class order taken from the data, resized images): said even when quiet
+    for note in dict.fromkeys(n for d in results["datasets"].values() for n in d.get("notices") or []):
+        err.print(f"note: {note}", markup=False, soft_wrap=True, highlight=False)
     paths = _write(results, args.out, args.format, args.quiet)
     code = exit_code(results, strict=args.strict)
     if not args.quiet:
@@ -177,16 +180,14 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
+    """Everything that needs no forward pass (audit.validate); prints what will be imported."""
     from audit.spec import load_spec
+    from audit.validate import validate_inputs
 
     spec = load_spec(args.spec)
-    for name, entry in {**spec.data, **spec.domains}.items():
-        if entry.path and not spec.resolve(entry.path).exists():
-            raise AuditInputError(f"data file not found: {spec.resolve(entry.path)}",
-                                  where=f"{spec.source}: data.{'domains.' if name in spec.domains else ''}{name}.path")
-    if spec.model.path and not spec.resolve(spec.model.path).exists():
-        raise AuditInputError(f"model file not found: {spec.resolve(spec.model.path)}", where=f"{spec.source}: model.path")
+    checked = validate_inputs(spec)
     print(f"{args.spec}: valid ({len(spec.checks)} checks, datasets: {', '.join(spec.dataset_names())})")
+    print("\n".join(checked.lines()))
     return EXIT_OK
 
 

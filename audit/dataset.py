@@ -30,7 +30,11 @@ class Dataset:
     feature_groups: dict[str, list[int]] | None = None
     continuous: np.ndarray | None = None
     source: str = ""
+    # meta["class_order"]: {"classes", "source", "declared"} (see audit.data); the report shows it
     meta: dict[str, Any] = field(default_factory=dict)
+    # One-line facts a user must hear about how the data was read (class order guessed
+    # from the data, images resized, an empty class folder); the CLI prints them.
+    notices: list[str] = field(default_factory=list)
     _sha256: str | None = field(default=None, repr=False)
 
     def __len__(self) -> int:
@@ -57,6 +61,7 @@ class Dataset:
             "name": self.name, "kind": self.kind, "n": len(self), "shape": list(self.x.shape[1:]),
             "classes": self.classes, "class_counts": np.bincount(self.y, minlength=self.n_classes).tolist(),
             "sensitive": sorted(self.sensitive), "source": self.source, "sha256": self.sha256,
+            "class_order": self.meta.get("class_order"), "notices": list(self.notices),
         }
 
 

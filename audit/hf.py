@@ -119,7 +119,7 @@ def encode_dataset(ds: Dataset, tokenizer: Any, source: str, max_len: int | None
                                      "vocab_size": len(tokenizer), "max_len": int(x.shape[1]),
                                      "pad_id": _pad_id(tokenizer)}}
     return Dataset(name=ds.name, x=x, y=ds.y, kind="text", classes=ds.classes, sensitive=ds.sensitive,
-                   source=ds.source, meta=meta)
+                   source=ds.source, meta=meta, notices=ds.notices)
 
 
 def tokenize_for_model(spec: AuditSpec, ds: Dataset) -> Dataset:
@@ -143,6 +143,25 @@ def folder_sha256(path: Path) -> str:
             for chunk in iter(lambda: f.read(1 << 20), b""):
                 h.update(chunk)
     return h.hexdigest()
+
+
+def config_classes(path: str | Path) -> list[str] | None:
+    """The class names of a Hugging Face model folder's `config.json` (`id2label`, in
+    index order), read without transformers; None when absent, unreadable or only the
+    default LABEL_0, LABEL_1, ... names (which say nothing about the classes)."""
+    import json
+
+    try:
+        config = json.loads((Path(path) / "config.json").read_text())
+        id2label = {int(k): str(v) for k, v in (config.get("id2label") or {}).items()}
+    except (OSError, ValueError, AttributeError, TypeError):
+        return None
+    if not id2label or sorted(id2label) != list(range(len(id2label))):
+        return None
+    names = [id2label[i] for i in range(len(id2label))]
+    if names == [f"LABEL_{i}" for i in range(len(names))]:
+        return None
+    return names
 
 
 def _classes(config: Any, declared: list[str] | None) -> list[str]:
@@ -179,3 +198,31 @@ def load_hf_model(path: str | Path, spec: AuditSpec) -> LoadedModel:
                          architecture=f"{type(model).__name__} (Hugging Face)",
                          input_range=None, classes=_classes(config, declared), factory=factory)
     return loaded
+
+
+def inspect_hf_model(path: Path, spec: AuditSpec) -> str:
+    """`audit validate`'s look at a Hugging Face folder: its config reads, it names a
+    sequence classifier whose label count fits `model.classes`, weights are there, and
+    transformers is installed. Nothing is loaded or executed."""
+    import json
+
+    where = "model.path"
+    try:
+        config = json.loads((path / "config.json").read_text())
+    except (OSError, ValueError) as exc:
+        raise ModelError(f"cannot read {path / 'config.json'}: {exc}", where=where) from None
+    if not isinstance(config, dict):
+        raise ModelError(f"{path / 'config.json'} is not a JSON object", where=where)
+    n_labels = len(config.get("id2label") or {}) or int(config.get("num_labels", 2))
+    declared = spec.model.classes
+    if declared and len(declared) != n_labels:
+        raise ModelError(f"model.classes names {len(declared)} classes but the model has {n_labels} labels",
+                         where="model.classes")
+    weights = [p.name for p in path.iterdir() if p.suffix in (".safetensors", ".bin")]
+    if not weights:
+        raise ModelError(f"{path} has a config.json but no weights (.safetensors or .bin)", where=where)
+    _transformers()
+    names = declared or config_classes(path)
+    labels = f"{n_labels} labels" + (f": {', '.join(names)}" if names else " (default names LABEL_i)")
+    return (f"Hugging Face {config.get('model_type', '?')} folder {path} ({labels}), loaded offline with its "
+            f"tokenizer, no remote code")

@@ -20,6 +20,7 @@ from audit import __version__
 from audit.check import DEFAULT_CONFIDENCE, Check, Measurement
 from audit.context import Context
 from audit.errors import AuditInputError, SkipCheck
+from audit.labels import check_label_order
 from audit.registry import registry
 from audit.results import CheckResult, Results, ThresholdResult, jsonable
 from audit.spec import AuditSpec, CheckEntry
@@ -44,6 +45,7 @@ class Runner:
         roles = {e.data for e in self.spec.checks} or set(self.spec.data)
         for role in sorted(roles):
             ctx.preflight(role)
+            check_label_order(ctx.dataset(role), ctx.logits(role))  # an order guessed from the data
         for entry in self.spec.checks:
             cls = registry.get(entry.check)
             if self.missing(cls, entry.typed_params):

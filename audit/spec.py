@@ -19,6 +19,7 @@ from audit.check import DEFAULT_CONFIDENCE
 from audit.errors import SpecError, did_you_mean
 
 RESERVED_CHECK_KEYS = ("id", "check", "data", "clause", "thresholds", "confidence")
+MAX_IMAGE_SIDE = 8192  # image_size: refused before any allocation
 
 
 class _Strict(BaseModel):
@@ -53,7 +54,12 @@ class DataEntry(_Strict):
     path: str | None = None
     label: str | None = None
     sensitive: list[str] = Field(default_factory=list)
-    features: list[str] | None = None
+    # input columns (CSV/Parquet columns, or npz arrays stacked as columns), in this order
+    features: list[str] | None = Field(None, min_length=1)
+    # what x holds; integers are token ids only with `kind: text` (see the README's data contract)
+    kind: Literal["image", "tabular", "text"] | None = None
+    # [H, W]: image folders of mixed sizes are resized to it (and the dataset records it)
+    image_size: tuple[int, int] | None = None
     from_: str | None = Field(None, alias="from")
     transform: str | None = None
     severity: int = Field(3, ge=1, le=5)
@@ -65,6 +71,10 @@ class DataEntry(_Strict):
             raise ValueError("give exactly one of 'fixture', 'path' or 'from'")
         if self.from_ and not self.transform:
             raise ValueError("'from' needs a 'transform'")
+        if self.features is not None and len(set(self.features)) != len(self.features):
+            raise ValueError(f"features are repeated: {self.features}")
+        if self.image_size is not None and not all(1 <= s <= MAX_IMAGE_SIDE for s in self.image_size):
+            raise ValueError(f"image_size must be [H, W] with sides from 1 to {MAX_IMAGE_SIDE}")
         return self
 
     @field_validator("sensitive", mode="before")

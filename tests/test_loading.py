@@ -65,7 +65,7 @@ def test_npz_kinds_and_uint8_nhwc_images(tmp_path: Path) -> None:
     assert tab.kind == "tabular" and tab.x.dtype == np.float32 and tab.classes == ["0", "1"]
     assert tab.continuous.tolist() == [True, False]  # a 0/1 column is an indicator
     np.savez(tmp_path / "txt.npz", x=np.array([[1, 5, 2], [3, 0, 0]]), y=np.array(["pos", "neg"]))
-    txt = load(tmp_path, {"path": "txt.npz"})
+    txt = load(tmp_path, {"path": "txt.npz", "kind": "text"})  # integers are token ids only when declared
     assert txt.kind == "text" and txt.x.dtype == np.int64 and txt.classes == ["neg", "pos"]
     np.testing.assert_array_equal(txt.y, [1, 0])
     img = np.full((4, 6, 5, 3), 255, dtype=np.uint8)
@@ -184,7 +184,9 @@ def test_image_folder_round_trip(tmp_path: Path) -> None:
             Image.fromarray(arr).save(root / cls / f"{i}.png")
     Image.fromarray(rng.integers(0, 256, (24, 20, 3), dtype=np.uint8)).save(root / "dog" / "big.jpg")
     (root / "dog" / "notes.txt").write_text("ignored")
-    ds = load(tmp_path, {"path": "images"})
+    ds = load(tmp_path, {"path": "images", "image_size": [12, 10]})  # big.jpg is resized, and that is said
+    assert "dataset 'test': resized 1 of 6 images to 12x10 (image_size)" in ds.notices
+    assert ds.meta["resized"] == {"n": 1, "of": 6, "to": [12, 10]}
     assert ds.kind == "image" and ds.x.shape == (6, 3, 12, 10) and ds.classes == ["cat", "dog"]
     assert ds.x.dtype == np.float32 and 0.0 <= ds.x.min() and ds.x.max() <= 1.0
     np.testing.assert_array_equal(ds.y, [0, 0, 0, 1, 1, 1])
@@ -313,6 +315,19 @@ def test_factory_module_beside_the_spec(tmp_path: Path) -> None:
                        factory_kwargs={"n": 10}).model
     x = torch.rand(3, 1, 8, 8)
     assert torch.equal(outputs(loaded.module, x), outputs(net, x))
+
+
+def test_factory_modules_of_the_same_name_beside_two_specs(tmp_path: Path) -> None:
+    from safetensors.torch import save_file
+
+    for width, folder in ((3, tmp_path / "a"), (5, tmp_path / "b")):
+        folder.mkdir()
+        (folder / "same_name_model.py").write_text(
+            f"import torch\n\ndef build():\n    return torch.nn.Linear(64, {width})\n")
+        save_file(torch.nn.Linear(64, width).state_dict(), folder / "w.safetensors")
+    for width, folder in ((3, tmp_path / "a"), (5, tmp_path / "b"), (3, tmp_path / "a")):
+        loaded = model_ctx(folder, path="w.safetensors", factory="same_name_model:build").model
+        assert loaded.module.out_features == width  # each spec's own module, not the one imported first
 
 
 def test_torchscript(tmp_path: Path) -> None:

@@ -1,0 +1,114 @@
+"""Class order: where a dataset's class order came from, and the label-order sanity test.
+
+`model.classes` is the model's output order. When the spec gives it, or the model states
+it (a Hugging Face config's `id2label`, the recipe `audit train` saved, a built-in
+fixture, or a model the audit trains on that very data), the order is *declared*.
+Otherwise the loader had to take it from the data (sorted labels, folder names, npz
+class indices) and nothing says the model agrees: a breast-cancer model trained with
+malignant = 0 would be scored against benign = 0 and report accuracy 0.04 instead of
+0.96. Such orders are recorded as not declared, printed, and tested once the shared
+prediction pass has run (`check_label_order`, called by the runner's `prepare`).
+
+The test looks for the class permutation that best fits the model's predictions (an
+assignment problem on the confusion matrix). If it is not the identity, the classes it
+moves are examined, and the audit stops only when the data give strong evidence on both
+counts (each a one-sided binomial test at `ALPHA`):
+
+* on those classes the predictions agree with the labels *less* often than chance (the
+  rate a predictor independent of the labels, with the same prediction shares, would
+  reach): a weak or degenerate model (e.g. one that always predicts the same class) sits
+  at chance and is not stopped, however poor it is;
+* and the permutation is right more often than the identity on the samples where
+  exactly one of them is right (McNemar's exact test).
+
+A swapped binary model with accuracy 0.04 on 143 samples gives p ~ 1e-30; a model that is
+merely bad, or a small sample (fewer than ~14 samples cannot reach `ALPHA`), does not
+trigger it. Declaring `model.classes` skips the test.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from audit.dataset import Dataset
+from audit.errors import DataError
+
+# A false stop costs the user a spec edit (declaring model.classes), a missed swap a
+# silently wrong report; both tests must pass this level, far beyond noise.
+ALPHA = 1e-4
+
+
+@dataclass(frozen=True)
+class ClassOrder:
+    """The class order of a dataset: index i is `classes[i]`."""
+
+    classes: list[str]
+    source: str  # "model.classes", "id2label", "sorted labels of data/test.csv", ...
+    declared: bool  # stated by the spec or the model, not taken from the data
+
+    def to_json(self) -> dict[str, Any]:
+        return {"classes": list(self.classes), "source": self.source, "declared": self.declared}
+
+    def listing(self, limit: int = 20) -> str:
+        shown = ", ".join(f"{i}={c}" for i, c in enumerate(self.classes[:limit]))
+        return shown + (f", … ({len(self.classes)} classes)" if len(self.classes) > limit else "")
+
+
+def label_order_problem(y: np.ndarray, logits: np.ndarray, classes: list[str], source: str) -> str | None:
+    """A message when the model's predictions say the class order from `source` is wrong,
+    else None. `logits`: (N, K), or (N, 1) for a binary model (class 1 when > 0)."""
+    from scipy.optimize import linear_sum_assignment
+    from scipy.stats import binom
+
+    y = np.asarray(y, dtype=np.int64)
+    logits = np.asarray(logits)
+    k, n = len(classes), len(y)
+    if k < 2 or n == 0 or logits.ndim != 2 or logits.shape[1] not in (1, k):
+        return None  # the context reports output-shape mismatches itself
+    pred = (logits[:, 0] > 0).astype(np.int64) if logits.shape[1] == 1 else logits.argmax(axis=1)
+    cm = np.zeros((k, k), dtype=np.int64)
+    np.add.at(cm, (y, pred), 1)
+    _, perm = linear_sum_assignment(cm, maximize=True)  # perm[true class] = model output
+    moved = np.flatnonzero(perm != np.arange(k))
+    if moved.size == 0:
+        return None
+    rows = cm[moved]
+    n_moved = int(rows.sum())
+    if n_moved == 0:
+        return None
+    pred_share = cm.sum(axis=0) / n
+    chance_rate = float((rows.sum(axis=1) * pred_share[moved]).sum() / n_moved)
+    hits = int(cm[moved, moved].sum())  # right under the order used
+    hits_perm = int(cm[moved, perm[moved]].sum())  # right under the permutation
+    p_below = float(binom.cdf(hits, n_moved, chance_rate))
+    p_better = float(binom.sf(hits_perm - 1, hits + hits_perm, 0.5)) if hits + hits_perm else 1.0
+    p = max(p_below, p_better)
+    if p >= ALPHA:
+        return None
+    accuracy = float(np.trace(cm) / n)
+    accuracy_perm = float(cm[np.arange(k), perm].sum() / n)
+    chance = float((cm.sum(axis=1) / n * pred_share).sum())
+    suggested = [""] * k
+    for true_class, output in enumerate(perm):
+        suggested[output] = classes[true_class]
+    used = ClassOrder(list(classes), source, False)
+    return (f"the class order looks wrong. It was taken from the {source} ({used.listing()}); with it the "
+            f"model's accuracy is {accuracy:.3f} where chance is {chance:.3f}, while reading its outputs in "
+            f"the order [{', '.join(suggested)}] gives {accuracy_perm:.3f} (binomial tests, p = {p:.1g}). "
+            f"Declare the model's output order in the spec: `model.classes: [{', '.join(suggested)}]` "
+            f"(or the order you know to be right).")
+
+
+def check_label_order(ds: Dataset, logits: np.ndarray) -> None:
+    """Stop the audit (DataError) when `ds`'s class order came from the data and the
+    model's predictions say it is wrong. Declared orders and derived datasets (whose
+    order is their source's) are not tested."""
+    order = ds.meta.get("class_order") or {}
+    if order.get("declared", True) or "transform" in ds.meta:
+        return
+    problem = label_order_problem(ds.y, logits, ds.classes, str(order.get("source", "data")))
+    if problem:
+        raise DataError(problem, where=f"dataset '{ds.name}'")
