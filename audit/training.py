@@ -149,17 +149,28 @@ def _batches(n: int, batch_size: int) -> list[tuple[int, int]]:
 # ---- the training loop ---------------------------------------------------------------------
 def fit(ds: Dataset, train: TrainSpec, *, device: torch.device | str = "cpu", seed: int = 0,
         progress: Progress | None = None, input_range: tuple[float, float] | None = None,
-        classes: list[str] | None = None, count: Counter | None = None) -> LoadedModel:
+        classes: list[str] | None = None, count: Counter | None = None,
+        factory: Callable[[], torch.nn.Module] | None = None) -> LoadedModel:
     """Train `train.architecture` on `ds` (a validation split carved with `seed`); returns the
     trained model in eval mode with its training record in `.training`. `count` is told
-    the samples of every forward and backward pass (an audit counts a retraining's)."""
+    the samples of every forward and backward pass (an audit counts a retraining's).
+    `factory` builds the module instead of the zoo architecture (a user's model retrained
+    with the recipe's hyper-parameters, e.g. reference models of a membership attack).
+    With `train.dp`, training is differentially private (DP-SGD through Opacus, see
+    `fit_private`)."""
     device = torch.device(device)
     if len(ds) < 4:
         raise DataError(f"dataset '{ds.name}' has {len(ds)} rows: too few to train on")
     if classes is not None and len(classes) != ds.n_classes:
         raise DataError(f"model.classes names {len(classes)} classes but dataset '{ds.name}' has {ds.n_classes}")
-    kwargs = architecture_kwargs(train, ds)
-    factory = functools.partial(zoo.build, train.architecture, **kwargs)
+    if factory is None:
+        kwargs = architecture_kwargs(train, ds)
+        factory = functools.partial(zoo.build, train.architecture, **kwargs)
+    else:
+        kwargs = {}
+    if getattr(train, "dp", None) is not None:
+        return fit_private(ds, train, factory, kwargs, device=device, seed=seed, progress=progress,
+                           input_range=input_range, classes=classes, count=count)
     dtype = amp_dtype(train.amp, device)
     tr_idx, va_idx = validation_split(ds.y, train.val_fraction, seed)
     t_start = time.perf_counter()
