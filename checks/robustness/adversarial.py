@@ -304,7 +304,7 @@ class AdversarialRobustness(Check):
                                          ("square",), sync, f"{eps}:black-box")
                     robust_sq[sel] = casc.robust.cpu().numpy()
                     runs[eps].update(self._cascade_info(casc, len(sel)))
-                rows[eps]["square"] = robust_sq
+                rows[eps]["square"] = alive & robust_sq  # after Square: every attack so far, then Square
                 rows[eps]["square_gain"] = int((~robust_sq).sum())
 
         # ---- metrics and curve ---------------------------------------------------------
