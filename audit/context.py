@@ -163,6 +163,30 @@ class Context:
                          count=self._count)
         return _prepared(loaded, self.device)
 
+    def train(self, ds: Dataset, train: Any, *, seed: int, factory: Callable[[], torch.nn.Module] | None = None,
+              what: str | None = None) -> LoadedModel:
+        """Train a model of recipe `train` (a TrainSpec; `factory` builds the module instead
+        of the recipe's zoo architecture) on `ds` with `seed`, on the audit's device, without
+        saving: reference models of a membership attack. Every pass is counted."""
+        from audit.training import fit
+
+        progress = (lambda _w, done, total, **kw: self.progress(what, done, total)) if self.progress and what else None
+        loaded = fit(ds, train, device=self.device, seed=seed, progress=progress, count=self._count,
+                     factory=factory, input_range=self.model.input_range, classes=self.model.classes)
+        return _prepared(loaded, self.device)
+
+    def auxiliary_model(self, entry: Any) -> LoadedModel:
+        """A second model named like the audited one (`model:` entry: a fixture or a file,
+        same safe-loading rules), e.g. a transfer-attack surrogate; loaded once per audit,
+        on the device with frozen weights. Run it through `run_model` or `counting`."""
+        from audit.models import load_model
+
+        def make() -> LoadedModel:
+            spec = self.spec.model_copy(update={"model": entry})
+            return _prepared(load_model(spec, device=self.device, get_dataset=self.dataset), self.device)
+
+        return self.cached(("auxiliary-model", entry.model_dump_json()), make)
+
     # ---- counted model calls -------------------------------------------------------------
     def autocast(self) -> contextlib.AbstractContextManager:
         """The precision of the audit's own inference: bf16 autocast on CUDA, float32 elsewhere."""

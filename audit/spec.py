@@ -87,6 +87,15 @@ class EarlyStopping(_Strict):
     patience: int = Field(3, ge=1)
 
 
+class DPSpec(_Strict):
+    """Differentially private training (DP-SGD through Opacus): the target (epsilon, delta)
+    the noise is calibrated to, and the per-sample gradient clipping norm."""
+
+    epsilon: float = Field(gt=0, le=1000)
+    delta: float = Field(1e-5, gt=0, lt=1)
+    max_grad_norm: float = Field(1.0, gt=0)
+
+
 class TrainSpec(_Strict):
     architecture: Literal["cnn", "resnet", "vit", "ft_transformer", "text_transformer"]
     data: str = "train"
@@ -101,6 +110,7 @@ class TrainSpec(_Strict):
     seed: int | None = None
     val_fraction: float = Field(0.1, gt=0, lt=0.5)
     options: dict[str, Any] = Field(default_factory=dict)  # architecture keyword arguments
+    dp: DPSpec | None = None  # differentially private training (needs the `privacy` extra: Opacus)
 
 
 class ModelSpec(_Strict):

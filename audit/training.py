@@ -149,17 +149,28 @@ def _batches(n: int, batch_size: int) -> list[tuple[int, int]]:
 # ---- the training loop ---------------------------------------------------------------------
 def fit(ds: Dataset, train: TrainSpec, *, device: torch.device | str = "cpu", seed: int = 0,
         progress: Progress | None = None, input_range: tuple[float, float] | None = None,
-        classes: list[str] | None = None, count: Counter | None = None) -> LoadedModel:
+        classes: list[str] | None = None, count: Counter | None = None,
+        factory: Callable[[], torch.nn.Module] | None = None) -> LoadedModel:
     """Train `train.architecture` on `ds` (a validation split carved with `seed`); returns the
     trained model in eval mode with its training record in `.training`. `count` is told
-    the samples of every forward and backward pass (an audit counts a retraining's)."""
+    the samples of every forward and backward pass (an audit counts a retraining's).
+    `factory` builds the module instead of the zoo architecture (a user's model retrained
+    with the recipe's hyper-parameters, e.g. reference models of a membership attack).
+    With `train.dp`, training is differentially private (DP-SGD through Opacus, see
+    `fit_private`)."""
     device = torch.device(device)
     if len(ds) < 4:
         raise DataError(f"dataset '{ds.name}' has {len(ds)} rows: too few to train on")
     if classes is not None and len(classes) != ds.n_classes:
         raise DataError(f"model.classes names {len(classes)} classes but dataset '{ds.name}' has {ds.n_classes}")
-    kwargs = architecture_kwargs(train, ds)
-    factory = functools.partial(zoo.build, train.architecture, **kwargs)
+    if factory is None:
+        kwargs = architecture_kwargs(train, ds)
+        factory = functools.partial(zoo.build, train.architecture, **kwargs)
+    else:
+        kwargs = {}
+    if getattr(train, "dp", None) is not None:
+        return fit_private(ds, train, factory, kwargs, device=device, seed=seed, progress=progress,
+                           input_range=input_range, classes=classes, count=count)
     dtype = amp_dtype(train.amp, device)
     tr_idx, va_idx = validation_split(ds.y, train.val_fraction, seed)
     t_start = time.perf_counter()
@@ -286,6 +297,175 @@ def fit(ds: Dataset, train: TrainSpec, *, device: torch.device | str = "cpu", se
                          input_range=_input_range(ds, input_range), classes=classes or list(ds.classes),
                          training=record, factory=factory)
     return loaded
+
+
+class _OpacusReady:
+    """A factory whose modules Opacus can train: the original factory's module with the
+    layers Opacus cannot handle replaced (BatchNorm -> GroupNorm), as `fit_private` trained it."""
+
+    def __init__(self, factory: Callable[[], torch.nn.Module]) -> None:
+        self.factory = factory
+
+    def __call__(self) -> torch.nn.Module:
+        from opacus.validators import ModuleValidator
+
+        module = self.factory()
+        return ModuleValidator.fix(module) if ModuleValidator.validate(module, strict=False) else module
+
+
+def _opacus_supports(module: torch.nn.Module) -> bool:
+    from opacus.grad_sample import GradSampleModule
+
+    return type(module) in GradSampleModule.GRAD_SAMPLERS
+
+
+def fit_private(ds: Dataset, train: TrainSpec, factory: Callable[[], torch.nn.Module], kwargs: dict[str, Any], *,
+                device: torch.device, seed: int = 0, progress: Progress | None = None,
+                input_range: tuple[float, float] | None = None, classes: list[str] | None = None,
+                count: Counter | None = None) -> LoadedModel:
+    """DP-SGD (Abadi et al. 2016) through Opacus: Poisson-sampled batches (expected size
+    `batch_size`), per-sample gradients clipped to `dp.max_grad_norm`, Gaussian noise
+    calibrated by the RDP accountant so that `epochs` epochs spend at most `dp.epsilon` at
+    `dp.delta`. Layers Opacus cannot train are replaced where Opacus has a replacement
+    (BatchNorm -> GroupNorm, noted in the record), else named in a ModelError. The
+    accountant's (epsilon, delta) goes into the record under `privacy`. Full precision;
+    early stopping is not applied (the budget is spent on the planned epochs)."""
+    try:
+        from opacus import PrivacyEngine
+        from opacus.validators import ModuleValidator
+    except ImportError:
+        raise ModelError("model.train.dp trains with Opacus, which is not installed: "
+                         "pip install 'audit-suite[privacy]'", where="model.train.dp") from None
+    dp = train.dp
+    assert dp is not None
+    tr_idx, va_idx = validation_split(ds.y, train.val_fraction, seed)
+    t_start = time.perf_counter()
+    replaced: list[str] = []
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(seed)
+        try:
+            module = factory()
+        except (TypeError, ValueError) as exc:
+            raise ModelError(f"cannot build '{train.architecture}' with {kwargs}: {exc}") from None
+        problems = ModuleValidator.validate(module, strict=False)
+        if problems:
+            fixed = ModuleValidator.fix(module)
+            left = ModuleValidator.validate(fixed, strict=False)
+            if left:
+                raise ModelError("differentially private training cannot handle these layers: "
+                                 + "; ".join(str(e) for e in left), where="model.train.dp")
+            before = {type(m).__name__ for m in module.modules()}
+            after = {type(m).__name__ for m in fixed.modules()}
+            replaced = [f"{', '.join(sorted(before - after))} replaced by {', '.join(sorted(after - before))} "
+                        "(Opacus cannot compute per-sample gradients through batch statistics)"]
+            module = fixed
+            factory = _OpacusReady(factory)
+        module.to(device)
+        x_tr = torch.from_numpy(np.ascontiguousarray(ds.x[tr_idx]))
+        y_tr = torch.from_numpy(ds.y[tr_idx].astype(np.int64))
+        x_va = torch.from_numpy(np.ascontiguousarray(ds.x[va_idx])).to(device)
+        y_va = torch.from_numpy(ds.y[va_idx].astype(np.int64)).to(device)
+        loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x_tr, y_tr), batch_size=train.batch_size,
+                                             generator=torch.Generator().manual_seed(seed))
+        if train.optimizer == "adamw":
+            opt: torch.optim.Optimizer = torch.optim.AdamW(module.parameters(), lr=train.lr,
+                                                           weight_decay=train.weight_decay)
+        else:
+            opt = torch.optim.SGD(module.parameters(), lr=train.lr, momentum=0.9, nesterov=True,
+                                  weight_decay=train.weight_decay)
+        engine = PrivacyEngine(accountant="rdp")
+        noise_gen = torch.Generator(device=device).manual_seed(seed)
+        try:
+            private, opt, loader = engine.make_private_with_epsilon(
+                module=module, optimizer=opt, data_loader=loader, target_epsilon=dp.epsilon, target_delta=dp.delta,
+                epochs=train.epochs, max_grad_norm=dp.max_grad_norm, noise_generator=noise_gen)
+        except (NotImplementedError, ValueError) as exc:
+            layers = sorted({type(m).__name__ for m in module.modules()
+                             if any(p.requires_grad for p in m.parameters(recurse=False))
+                             and not _opacus_supports(m)})
+            raise ModelError("differentially private training cannot compute per-sample gradients for "
+                             f"{', '.join(layers) or 'a layer of this model'} ({str(exc).splitlines()[0]})",
+                             where="model.train.dp") from None
+        steps = train.epochs * max(len(loader), 1)
+        sched = (torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps)
+                 if train.scheduler == "cosine" else None)
+        epochs: list[dict[str, Any]] = []
+        what = f"train {train.architecture} (DP, epsilon {dp.epsilon:g})"
+        for epoch in range(1, train.epochs + 1):
+            t_epoch = time.perf_counter()
+            private.train()
+            loss_sum = torch.zeros((), device=device)
+            seen = 0
+            for xb, yb in loader:
+                if len(yb) == 0:
+                    continue  # Poisson sampling can draw an empty batch
+                xb, yb = xb.to(device), yb.to(device)
+                loss = F.cross_entropy(private(xb).float(), yb)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                if sched is not None:
+                    sched.step()
+                loss_sum += loss.detach() * len(yb)
+                seen += len(yb)
+            val_loss, val_correct = _evaluate(private, x_va, y_va, train.batch_size, device, None)
+            if count is not None:
+                count(seen + len(y_va), seen)
+            tl, vl, vc = torch.stack([loss_sum / max(seen, 1), val_loss, val_correct]).tolist()
+            if not (np.isfinite(tl) and np.isfinite(vl)):
+                raise ModelError(f"DP training of {train.architecture} diverged in epoch {epoch}: lower "
+                                 f"model.train.lr (now {train.lr})", where="model.train")
+            row = {"epoch": epoch, "train_loss": round(tl, 6), "val_loss": round(vl, 6),
+                   "val_accuracy": round(vc / max(len(y_va), 1), 6), "lr": opt.param_groups[0]["lr"],
+                   "seconds": round(time.perf_counter() - t_epoch, 4),
+                   "epsilon_spent": round(float(engine.get_epsilon(dp.delta)), 4)}
+            epochs.append(row)
+            _report(progress, what, epoch, train.epochs,
+                    f"loss {tl:.3f} · val acc {row['val_accuracy']:.3f} · epsilon {row['epsilon_spent']:.2f}")
+        noise = float(opt.noise_multiplier)
+        sample_rate = 1.0 / max(len(loader), 1)
+        trained = private._module
+    # a clean module (no Opacus hooks) with the trained weights
+    with torch.random.fork_rng(devices=[]):
+        module = factory()
+    module.load_state_dict(trained.state_dict())
+    module.to(device).eval()
+    wall = time.perf_counter() - t_start
+    weights = state_bytes(module)
+    sha = hashlib.sha256(weights).hexdigest()
+    best_epoch = len(epochs)
+    last = epochs[-1]
+    eps_spent = float(engine.get_epsilon(dp.delta))
+    record: dict[str, Any] = {
+        "architecture": train.architecture,
+        "architecture_kwargs": _jsonable(kwargs),
+        "recipe": {**train.model_dump(mode="json"), "seed": seed, "loss": "cross-entropy", "metric": "accuracy"},
+        "loss": "cross-entropy",
+        "optimizer": {"name": f"DP-{'AdamW' if train.optimizer == 'adamw' else 'SGD'} (Opacus)", "lr": train.lr,
+                      "weight_decay": train.weight_decay},
+        "scheduler": "cosine annealing per step" if sched is not None else "none",
+        "data": {"dataset": train.data, "name": ds.name, "sha256": ds.sha256, "n_train": int(len(tr_idx)),
+                 "n_val": int(len(va_idx)), "val_fraction": train.val_fraction, "split_seed": seed},
+        "epochs": epochs, "epochs_run": len(epochs), "best_epoch": best_epoch,
+        "best_val_loss": last["val_loss"], "best_val_accuracy": last["val_accuracy"],
+        "stopped_early": False, "restored_best": False,
+        "wall_s": round(wall, 3), "seconds_per_epoch": round(sum(e["seconds"] for e in epochs) / len(epochs), 4),
+        "device": str(device), "cpu_threads": torch.get_num_threads(), "amp": "off", "seed": seed,
+        "deterministic": False, "params": int(sum(p.numel() for p in module.parameters())),
+        "model_sha256": sha, "saved_to": None, "versions": {"torch": torch.__version__},
+        "privacy": {"mechanism": "DP-SGD (Opacus, Poisson sampling, per-sample clipping, Gaussian noise)",
+                    "epsilon": round(eps_spent, 4), "target_epsilon": dp.epsilon, "delta": dp.delta,
+                    "max_grad_norm": dp.max_grad_norm, "noise_multiplier": round(noise, 6),
+                    "sample_rate": round(sample_rate, 6), "accountant": "RDP",
+                    "layers_replaced": replaced,
+                    "note": "epsilon counts the training split only; the validation carve-out is not protected "
+                            "and not used for anything but the curves"},
+    }
+    return LoadedModel(module=module, sha256=sha, architecture=train.architecture,
+                       source=(f"trained {train.architecture} on {ds.name} with DP-SGD (epsilon {eps_spent:.3g}, "
+                               f"delta {dp.delta:g}; {len(epochs)} epochs, seed {seed})"),
+                       input_range=_input_range(ds, input_range), classes=classes or list(ds.classes),
+                       training=record, factory=factory)
 
 
 def _evaluate(module: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int,

@@ -13,7 +13,9 @@ from audit.dataset import Dataset, LoadedModel
 from audit.errors import SkipCheck
 from audit.verdict import judge
 from audit.spec import Threshold
-from checks.privacy.membership_inference import MembershipInference, weighted_auc_advantage
+from audit.spec import TrainSpec
+from audit.training import fit
+from checks.privacy.membership_inference import MembershipInference, rmia_scores, tpr_at_fpr, weighted_auc_advantage
 
 N_FEAT = 20
 
@@ -110,7 +112,7 @@ def test_balanced_subsample_and_seeded(splits, unseen) -> None:
     a, _ = mia(members, non_members, unseen, n_samples=100)
     b, _ = mia(members, non_members, unseen, n_samples=100)
     assert a.metrics == b.metrics
-    table = next(e for e in a.evidence if e["type"] == "table")
+    table = next(e for e in a.evidence if e["type"] == "table" and e["title"] == "Members and non-members")
     assert [row[1] for row in table["rows"]] == [100, 100]  # members, non-members
 
 
@@ -121,3 +123,91 @@ def test_needs_train_and_heldout(splits) -> None:
         MembershipInference().run(ctx, MembershipInference.Params())
     with pytest.raises(ValueError, match="held-out"):
         MembershipInference.validate_params(MembershipInference.Params(data="train"), None)
+
+
+# ---- RMIA: the reference-model attack --------------------------------------------------------
+def test_rmia_scores_match_a_plain_reimplementation() -> None:
+    """Offline RMIA written out as the paper states it, one pair (x, z) at a time."""
+    rng = np.random.default_rng(0)
+    k, nx, nz, a, gamma = 4, 30, 50, 0.3, 1.0
+    p_tx, p_tz = rng.random(nx), rng.random(nz)
+    p_rx, p_rz = rng.random((nx, k)), rng.random((nz, k))
+    share, _ = rmia_scores(p_tx, p_rx, p_tz, p_rz, a, gamma)
+    for i in range(nx):
+        px = 0.5 * ((1 + a) * p_rx[i].mean() + (1 - a))
+        hits = 0
+        for j in range(nz):
+            pz = 0.5 * ((1 + a) * p_rz[j].mean() + (1 - a))
+            hits += (p_tx[i] / px) / (p_tz[j] / pz) > gamma
+        assert share[i] == pytest.approx(hits / nz)
+
+
+def test_tpr_at_fpr_calibrates_on_non_members() -> None:
+    rng = np.random.default_rng(1)
+    non, mem = rng.normal(size=500), rng.normal(size=400) + 1.0
+    m, fp, tau = tpr_at_fpr(mem, non, 0.01, 0.95)
+    assert fp == 5 and (non > tau).sum() == 5           # floor(1% of 500) non-members flagged
+    assert m.successes == int((mem > tau).sum()) and m.n == 400
+    assert m.ci[0] < m.value < m.ci[1]
+
+
+def _mlp() -> torch.nn.Module:
+    return torch.nn.Sequential(torch.nn.Linear(N_FEAT, 128), torch.nn.ReLU(), torch.nn.Linear(128, 2))
+
+
+# The audited model's recipe, which the reference models reuse (full batch: memorises 400 noisy rows).
+RECIPE = TrainSpec(architecture="ft_transformer", epochs=300, batch_size=400, lr=0.01, scheduler="none",
+                   weight_decay=0.0, val_fraction=0.01)
+
+
+@pytest.fixture(scope="module")
+def rmia_setup():
+    members, non_members, population, other = make_split(400, 1), make_split(400, 2), make_split(1600, 3), \
+        make_split(400, 4)
+    target = fit(members, RECIPE, seed=0, factory=_mlp)  # a recipe in its record: RMIA can train references
+    return members, non_members, population, other, target
+
+
+def _rmia(train, test, population, model):
+    ctx = Context.from_objects({"train": train, "test": test, "population": population}, model)
+    return MembershipInference().run(ctx, MembershipInference.Params(n_samples=400, population="population")), ctx
+
+
+def _attack_row(m, prefix):
+    tab = next(e for e in m.evidence if e["type"] == "table" and e["title"].startswith("Attacks"))
+    return next(r for r in tab["rows"] if r[0].startswith(prefix))
+
+
+def test_rmia_finds_members_of_an_overfit_model_at_low_fpr(rmia_setup) -> None:
+    members, non_members, population, _, target = rmia_setup
+    m, ctx = _rmia(members, non_members, population, target)
+    tpr = m.metrics["tpr_at_fpr_1pct"]
+    loss_tpr = _attack_row(m, "loss")[2]
+    print(f"overfit: RMIA TPR@1%FPR {tpr.value:.3f} {tpr.ci}, loss attack {loss_tpr['value']:.3f} "
+          f"{loss_tpr['ci']}, AUC {m.metrics['mia_auc'].value:.3f}, TPR@0.1% {m.metrics['tpr_at_fpr_0.1pct'].value:.3f}")
+    assert tpr.ci[0] > 0.03                       # clearly above guessing (0.01)
+    assert tpr.value > loss_tpr["ci"][1]          # and above the loss-threshold attack
+    assert m.metrics["mia_auc"].ci[0] > 0.65
+    assert _attack_row(m, "RMIA")[0].endswith("headline")
+    refs = next(e for e in m.evidence if e["type"] == "table" and e["title"] == "Reference models")
+    assert len(refs["rows"]) == 4
+    assert any(e["type"] == "chart" and e["data"].get("xlog") for e in m.evidence)  # the log-scale ROC
+    # the reference models' training and inference passes are counted
+    assert ctx.backward_samples > 0 and ctx.forward_samples > 2 * 400
+
+
+def test_rmia_on_a_model_that_never_saw_the_members_is_guessing(rmia_setup) -> None:
+    _, non_members, population, other, target = rmia_setup
+    m, _ = _rmia(other, non_members, population, target)  # 'train' rows the model never saw
+    tpr = m.metrics["tpr_at_fpr_1pct"]
+    print(f"unseen: RMIA TPR@1%FPR {tpr.value:.3f} {tpr.ci}, AUC {m.metrics['mia_auc'].value:.3f}")
+    assert tpr.ci[0] <= 0.01 <= tpr.ci[1]
+    assert m.metrics["mia_auc"].ci[0] < 0.5 < m.metrics["mia_auc"].ci[1]
+
+
+def test_without_a_recipe_the_loss_attack_is_the_headline(splits, overfit) -> None:
+    _, members, non_members = splits
+    m, ctx = mia(members, non_members, overfit, n_samples=400)
+    assert "RMIA not run" in next(e for e in m.evidence if e["type"] == "text")["text"]
+    assert _attack_row(m, "loss")[0].endswith("headline")
+    assert m.metrics["tpr_at_fpr_1pct"].value == _attack_row(m, "loss")[2]["value"]
