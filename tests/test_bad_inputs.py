@@ -646,3 +646,79 @@ def test_markup_in_user_text_prints_literally(ws: Workspace, tmp_path: Path, cap
     assert code == 3 and "Traceback" not in text
     assert "ValueError: bad [/bold] value [red]" in text.splitlines()[1]
     assert text.strip().splitlines()[-1].startswith("error: 1 check raised an error: heldout (ValueError: bad [/bold]")
+
+
+# ---------------------------------------------------------------------------------------------- tampering
+def _paths(node: Any, path: tuple[Any, ...] = ()) -> Iterator[tuple[Any, ...]]:
+    yield path
+    if isinstance(node, dict):
+        for k, v in node.items():
+            yield from _paths(v, path + (k,))
+    elif isinstance(node, list):
+        for i, v in enumerate(node):
+            yield from _paths(v, path + (i,))
+
+
+def _swap_type(v: Any) -> Any:
+    """A value of another JSON type than `v`."""
+    if isinstance(v, dict):
+        return [v]
+    if isinstance(v, list):
+        return {"0": v}
+    if isinstance(v, str):
+        return 7
+    if v is None:
+        return {}
+    return "x"
+
+
+def _tampered(doc: dict[str, Any], path: tuple[Any, ...], value: Any) -> dict[str, Any]:
+    d = json.loads(json.dumps(doc))
+    node = d
+    for p in path[:-1]:
+        node = node[p]
+    node[path[-1]] = value
+    return d
+
+
+def test_tampered_results_render_or_are_refused(ws: Workspace, tmp_path: Path) -> None:
+    """Every field of a real results.json set to another JSON type, or to null: loading it
+    is refused with one message naming the field, or the report renders; never an
+    exception from inside the renderer. (Chart evidence is left out: a figure that cannot
+    be drawn is already shown in its place.)"""
+    from audit.errors import AuditInputError
+    from audit.results import load_results
+    from reports import render_html
+
+    doc = json.loads(ws.results.read_text())
+    for c in doc["checks"]:
+        c["evidence"] = [e for e in c["evidence"] if e.get("type") != "chart"]
+    path = tmp_path / "results.json"
+    tried, refused, rendered = 0, 0, []
+    for where in list(_paths(doc))[1:]:
+        for value in (_swap_type(_get(doc, where)), None):
+            path.write_text(json.dumps(_tampered(doc, where, value)))
+            tried += 1
+            try:
+                loaded = load_results(path)
+            except AuditInputError as exc:
+                refused += 1
+                assert "\n" not in str(exc)
+                continue
+            rendered.append((where, loaded))
+    # rendering is the slow part (~0.2 s): a deterministic sample of the accepted documents,
+    # denser in the top three levels
+    shallow = [r for r in rendered if len(r[0]) <= 3]
+    deep = [r for r in rendered if len(r[0]) > 3]
+    for where, loaded in shallow[::2] + deep[::max(1, len(deep) // 25)]:
+        try:
+            render_html(loaded)
+        except Exception as exc:  # noqa: BLE001 - the assertion names the field
+            raise AssertionError(f"{'.'.join(map(str, where))}: the renderer raised {exc!r}") from exc
+    assert tried > 400 and refused > 100, (tried, refused)
+
+
+def _get(doc: Any, path: tuple[Any, ...]) -> Any:
+    for p in path:
+        doc = doc[p]
+    return doc
