@@ -134,13 +134,12 @@ def _version() -> str:
 
 def main(argv: list[str] | None = None) -> int:
     """Run one command; the single place where exceptions become exit codes."""
+    args: argparse.Namespace | None = None
     try:
         args = build_parser().parse_args(argv)
-    except SystemExit as exc:  # usage errors (exit 2), --help and --version (exit 0)
-        return int(exc.code or 0) if isinstance(exc.code, int) or exc.code is None else EXIT_INPUT
-    debug = bool(getattr(args, "debug", False) or os.environ.get("AUDIT_DEBUG"))
-    try:
         return COMMANDS[args.command](args)
+    except SystemExit as exc:  # argparse: usage errors (exit 2), --help and --version (exit 0)
+        return exc.code if isinstance(exc.code, int) else (EXIT_OK if exc.code is None else EXIT_INPUT)
     except AuditInputError as exc:
         _error(str(exc))
         return EXIT_INPUT
@@ -156,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
         _error(_os_message(exc))
         return EXIT_INPUT
     except Exception as exc:  # noqa: BLE001 - one line, not a traceback: see _internal_error
-        _internal_error(exc, debug)
+        _internal_error(exc, bool(getattr(args, "debug", False) or os.environ.get("AUDIT_DEBUG")))
         return EXIT_ERROR
 
 

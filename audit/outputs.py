@@ -40,13 +40,13 @@ import uuid
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
-from audit.errors import AuditInputError
+from audit.errors import AuditInputError, env_limit
 
 REPORT_FILES = ("results.json", "report.html", "report.pdf")
 RESULTS_FILE = "results.json"
 # How long a writer waits for another one to finish its swap (seconds): a swap is only
 # writing a few files and two renames, so a long wait means a stuck process.
-LOCK_TIMEOUT_S = float(os.environ.get("AUDIT_LOCK_TIMEOUT", "120"))
+LOCK_TIMEOUT_S = env_limit("AUDIT_LOCK_TIMEOUT", 120.0)
 
 
 class OutputError(AuditInputError):

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path, PurePath
 from typing import Any
+
+from audit.errors import env_limit
 
 SCHEMA = "audit-results/1"
 STATUSES = ("pass", "warn", "fail", "error", "skipped", "info")
@@ -187,7 +188,7 @@ def exit_code(results: dict[str, Any], *, strict: bool = False) -> int:
 # naming the field (exit 2), never a traceback from deep inside the renderer. The schema
 # is what this module writes; fields not listed are kept and not checked.
 Validator = Callable[[Any, str], None]
-MAX_RESULTS_BYTES = int(os.environ.get("AUDIT_MAX_RESULTS_BYTES", str(256 * 1024 * 1024)))
+MAX_RESULTS_BYTES = int(env_limit("AUDIT_MAX_RESULTS_BYTES", 256 * 1024 * 1024))
 
 
 class ResultsSchemaError(ValueError):

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import math
-import os
 from pathlib import Path
 from typing import Any, Literal
 
@@ -17,7 +16,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
 from audit.check import DEFAULT_CONFIDENCE
-from audit.errors import SpecError, did_you_mean
+from audit.errors import SpecError, did_you_mean, env_limit
 
 RESERVED_CHECK_KEYS = ("id", "check", "data", "clause", "thresholds", "confidence")
 
@@ -208,10 +207,10 @@ def yaml_path(loc: tuple[Any, ...]) -> str:
 
 # Resource limits, checked before anything is allocated for the spec's content: a spec is
 # a page of YAML, so these are far above any real one (both can be raised by env var).
-MAX_SPEC_BYTES = int(os.environ.get("AUDIT_MAX_SPEC_BYTES", str(1024 * 1024)))
+MAX_SPEC_BYTES = int(env_limit("AUDIT_MAX_SPEC_BYTES", 1024 * 1024))
 # Nodes of the spec once every alias is expanded: a "billion laughs" document of a few
 # hundred bytes expands to billions of nodes when anything walks it (pydantic, JSON).
-MAX_SPEC_NODES = int(os.environ.get("AUDIT_MAX_SPEC_NODES", "100000"))
+MAX_SPEC_NODES = int(env_limit("AUDIT_MAX_SPEC_NODES", 100_000))
 
 
 def load_spec(path: str | Path, *, check_registry: bool = True) -> AuditSpec:
