@@ -168,8 +168,11 @@ def _crossings(cid: str, name: Any, old: Mapping[str, Any], new: Mapping[str, An
         if not isinstance(t, Mapping) or t.get("op") not in ("min", "max") or _num(t.get("limit")) is None:
             continue
         match = next((o for o in old_ts if (o.get("metric"), o.get("op"), o.get("level"))
-                      == (t.get("metric"), t.get("op"), t.get("level")) and _num(o.get("limit")) is not None), t)
-        vo, vn = _judged_value(old, {**match, "metric": t.get("metric")}), _judged_value(new, t)
+                      == (t.get("metric"), t.get("op"), t.get("level")) and _num(o.get("limit")) is not None), None)
+        # no matching old threshold: the old audit's metric, judged against the new limit
+        vo = _judged_value(old, match if match is not None else {"metric": t.get("metric")})
+        vn = _judged_value(new, t)
+        match = match if match is not None else t
         if vo is None or vn is None:
             continue
         was = _right_side(vo, str(match.get("op")), float(match["limit"]))

@@ -143,3 +143,13 @@ def test_verdicts_are_printed_even_without_differences() -> None:
     doc = _doc(_check("pass", 0.9, (0.85, 0.95)))
     text = format_diff(diff_results(doc, copy.deepcopy(doc)), old=doc, new=doc)
     assert text.splitlines() == ["old verdict: compliant  (x)", "new verdict: compliant  (x)", "No differences."]
+
+
+def test_a_threshold_new_in_the_new_audit_judges_the_old_metric() -> None:
+    """The old audit had no threshold on the metric: its value is judged against the new
+    limit (and not confused with the new value)."""
+    old = _check("pass", 0.9, (0.85, 0.95))
+    old["thresholds"] = []
+    new = _check("fail", 0.7, (0.6, 0.8))
+    [crossed] = [r for r in diff_results(_doc(old), _doc(new)) if r["kind"] == "crossed"]
+    assert (crossed["old"], crossed["new"], crossed["direction"]) == (0.9, 0.7, "worse")
