@@ -22,6 +22,7 @@ import signal
 import struct
 import subprocess
 import sys
+import tempfile
 import time
 import zipfile
 from collections.abc import Callable, Iterator
@@ -539,6 +540,7 @@ def _params() -> list[Any]:
 def test_bad_input(case: Case, ws: Workspace, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     try:
         with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(tempfile, "tempdir", str(tmp_path))  # crash logs of exit-3 cases land here
             code, out = run_cli(case.bad(T(tmp_path / "bad", ws, _mkdir(mp, tmp_path / "bad"))), capsys)
         _check_one_message(case, code, out)
         with pytest.MonkeyPatch.context() as mp:
