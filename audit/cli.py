@@ -1,33 +1,57 @@
 """The `audit` command line.
 
-Exit codes: 0 compliant (warnings allowed unless --strict), 1 non-compliant,
-2 invalid spec or input (one clear message, no traceback), 3 a check errored.
+Exit codes: 0 compliant (warnings allowed unless --strict), 1 non-compliant (for
+`audit diff`: a regression), 2 invalid spec, input or output folder (one clear message,
+no traceback), 3 a check errored or the suite itself failed, 4 not assessed, 130
+interrupted (Ctrl-C), 141 stdout closed early (e.g. `audit diff ... | head`).
+
+`main()` is the one place that turns exceptions into exit codes. Everything printed from
+user data (spec names, check messages, paths) is printed with rich markup off, so text
+such as `[/bold]` is shown as written rather than crashing the console.
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime as _dt
 import json
+import os
+import re
 import sys
+import tempfile
+import traceback
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from rich.text import Text
 
 from audit.errors import AuditInputError
 
 EXIT_OK, EXIT_FAIL, EXIT_INPUT, EXIT_ERROR = 0, 1, 2, 3
+EXIT_INTERRUPTED, EXIT_BROKEN_PIPE = 130, 141  # 128 + SIGINT, 128 + SIGPIPE, as a shell reports them
 DEMOS = {"digits": "demo_digits.yaml", "adult": "demo_adult.yaml", "text": "demo_text.yaml"}
+DEVICE_PATTERN = r"auto|cpu|cuda(:\d+)?|mps"
 _STATUS_STYLE = {"pass": "green", "warn": "yellow", "fail": "red", "error": "magenta", "skipped": "dim",
                  "info": "cyan"}
 
 err = Console(stderr=True, highlight=False)
+
+
+def say(*parts: str | tuple[str, str]) -> None:
+    """One line on stderr from plain strings and (text, style) pairs; the text is never
+    parsed as markup, and long lines are not wrapped into several."""
+    err.print(Text.assemble(*parts), soft_wrap=True, highlight=False)
+
+
+def _error(message: str) -> None:
+    say(("error: ", "bold red"), " ".join(str(message).split()))
 
 
 def _formats(value: str) -> set[str]:
@@ -38,8 +62,22 @@ def _formats(value: str) -> set[str]:
     return formats | {"json"}
 
 
+def _device(value: str) -> str:
+    if not re.fullmatch(DEVICE_PATTERN, value):
+        raise argparse.ArgumentTypeError(f"unknown device {value!r} (choose auto, cpu, cuda, cuda:N or mps)")
+    return value
+
+
+class _Parser(argparse.ArgumentParser):
+    """Usage errors as one line (argparse prints the whole usage first), exit 2."""
+
+    def error(self, message: str) -> NoReturn:
+        _error(f"{self.prog}: {message} (see '{self.prog} --help')")
+        raise SystemExit(EXIT_INPUT)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="audit", description="Audit a model against a YAML spec and write a compliance report.")
+    p = _Parser(prog="audit", description="Audit a model against a YAML spec and write a compliance report.")
     p.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     sub = p.add_subparsers(dest="command", required=True)
 
@@ -48,36 +86,42 @@ def build_parser() -> argparse.ArgumentParser:
             sp.add_argument("--out", type=Path, default=Path("audit-report"), help="output folder (default: audit-report/)")
             sp.add_argument("--format", type=_formats, default={"html", "pdf", "json"},
                             help="comma-separated: html,pdf,json (json is always written)")
+            sp.add_argument("--force", action="store_true",
+                            help="replace an output folder that holds another audit's report")
         sp.add_argument("--quiet", "-q", action="store_true", help="no progress output")
+        sp.add_argument("--debug", action="store_true", help="print the traceback of an unexpected error")
 
     run = sub.add_parser("run", help="run the audit")
     run.add_argument("spec", type=Path)
-    run.add_argument("--device", help="override the spec's device (auto, cpu, cuda, cuda:N)")
+    run.add_argument("--device", type=_device, help="override the spec's device (auto, cpu, cuda, cuda:N, mps)")
     run.add_argument("--strict", action="store_true", help="warnings make the audit non-compliant (exit 1)")
     common(run)
 
     demo = sub.add_parser("demo", help="run a built-in demo spec on the embedded fixtures")
     demo.add_argument("--spec", choices=sorted(DEMOS), default="digits", help="which demo (default: digits)")
-    demo.add_argument("--device")
+    demo.add_argument("--device", type=_device)
     demo.add_argument("--strict", action="store_true")
     common(demo)
 
     val = sub.add_parser("validate", help="check a spec, run nothing")
     val.add_argument("spec", type=Path)
+    val.add_argument("--debug", action="store_true", help="print the traceback of an unexpected error")
 
-    sub.add_parser("checks", help="list checks, their parameters and metrics")
+    chk = sub.add_parser("checks", help="list checks, their parameters and metrics")
+    chk.add_argument("--debug", action="store_true", help="print the traceback of an unexpected error")
 
     ren = sub.add_parser("render", help="re-render HTML/PDF from results.json without re-running")
     ren.add_argument("results", type=Path)
     common(ren)
 
-    diff = sub.add_parser("diff", help="what changed between two audits")
+    diff = sub.add_parser("diff", help="what changed between two audits (exit 1 on a regression)")
     diff.add_argument("old", type=Path)
     diff.add_argument("new", type=Path)
+    diff.add_argument("--debug", action="store_true", help="print the traceback of an unexpected error")
 
     train = sub.add_parser("train", help="train the spec's model (model.train) and save it, without auditing")
     train.add_argument("spec", type=Path)
-    train.add_argument("--device")
+    train.add_argument("--device", type=_device)
     common(train, out=False)
     return p
 
@@ -89,15 +133,68 @@ def _version() -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    """Run one command; the single place where exceptions become exit codes."""
+    args: argparse.Namespace | None = None
     try:
+        args = build_parser().parse_args(argv)
         return COMMANDS[args.command](args)
+    except SystemExit as exc:  # argparse: usage errors (exit 2), --help and --version (exit 0)
+        return exc.code if isinstance(exc.code, int) else (EXIT_OK if exc.code is None else EXIT_INPUT)
     except AuditInputError as exc:
-        err.print(f"[bold red]error:[/] {escape(str(exc))}", markup=True, soft_wrap=True)
+        _error(str(exc))
         return EXIT_INPUT
     except KeyboardInterrupt:
-        err.print("interrupted")
-        return 130
+        say("interrupted")
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        # the reader (`| head`) went away: say nothing more, and keep the interpreter's
+        # final flush from raising again (as the Python docs on SIGPIPE recommend)
+        _silence_stdout()
+        return EXIT_BROKEN_PIPE
+    except OSError as exc:  # a file or folder the user named, or the disk, said no
+        _error(_os_message(exc))
+        return EXIT_INPUT
+    except Exception as exc:  # noqa: BLE001 - one line, not a traceback: see _internal_error
+        _internal_error(exc, bool(getattr(args, "debug", False) or os.environ.get("AUDIT_DEBUG")))
+        return EXIT_ERROR
+
+
+def _silence_stdout() -> None:
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):  # stdout is not a real file (captured in tests)
+        pass
+
+
+def _os_message(exc: OSError) -> str:
+    from audit.outputs import os_reason
+
+    where = exc.filename if exc.filename is not None else None
+    return f"{os_reason(exc)}: {where}" if where else os_reason(exc)
+
+
+def _internal_error(exc: BaseException, debug: bool) -> None:
+    """An exception nobody anticipated: a bug here or in a plugin check. One line, and the
+    traceback in a log file (printed too with --debug), never a raw traceback by default."""
+    text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    if debug:
+        err.print(text, markup=False, highlight=False, soft_wrap=True, end="")
+    log = None
+    try:
+        stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+        fd, log = tempfile.mkstemp(prefix=f"audit-crash-{stamp}-", suffix=".log")
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+    except OSError:
+        log = None
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    kind = type(exc).__qualname__
+    if type(exc).__module__ not in ("builtins", "__main__"):  # `zlib.error`, not a bare `error`
+        kind = f"{type(exc).__module__}.{kind}"
+    where = f"traceback in {log}" if log else "rerun with --debug for the traceback"
+    _error(f"unexpected {kind}{': ' + first if first else ''} (an internal error of the audit suite or a "
+           f"plugin, or an input it does not yet recognise; {where})")
 
 
 # ---- progress ----------------------------------------------------------------------------
@@ -106,8 +203,9 @@ def progress_reporter(quiet: bool) -> Iterator[Callable[[str, int, int], None] |
     if quiet:
         yield None
         return
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  console=err, transient=True) as bar:
+    # descriptions hold dataset names from the spec: plain text, not markup
+    with Progress(TextColumn("{task.description}", markup=False), BarColumn(), MofNCompleteColumn(),
+                  TimeElapsedColumn(), console=err, transient=True) as bar:
         tasks: dict[str, Any] = {}
 
         def update(what: str, done: int, total: int, detail: str | None = None) -> None:
@@ -121,9 +219,8 @@ def progress_reporter(quiet: bool) -> Iterator[Callable[[str, int, int], None] |
 
 
 def _print_check(result: Any) -> None:
-    style = _STATUS_STYLE.get(result.status, "")
-    err.print(f"  [{style}]{result.status:>7}[/] {escape(result.id)} ({escape(result.check)}) "
-              f"[dim]{result.duration_s:.1f}s[/]  {escape(result.message)}", markup=True, soft_wrap=True)
+    say("  ", (f"{result.status:>7}", _STATUS_STYLE.get(result.status, "")), f" {result.id} ({result.check}) ",
+        (f"{result.duration_s:.1f}s", "dim"), f"  {result.message}")
 
 
 def verdict_lines(results: dict[str, Any]) -> list[str]:
@@ -144,34 +241,48 @@ def verdict_lines(results: dict[str, Any]) -> list[str]:
 
 # ---- commands ----------------------------------------------------------------------------
 def cmd_run(args: argparse.Namespace, spec_path: Path | None = None) -> int:
+    from audit.outputs import check_target, probe_writable
     from audit.results import exit_code
     from audit.runner import run_audit
     from audit.spec import load_spec
 
     spec = load_spec(spec_path or args.spec)
+    # refuse before the audit runs, not after: a taken or unwritable folder is known now
+    check_target(args.out, force=args.force)
+    probe_writable(args.out)
     if not args.quiet:
-        err.print(f"[bold]{escape(spec.name)}[/] — {len(spec.checks)} checks", markup=True)
+        say((spec.name, "bold"), f" — {len(spec.checks)} checks")
     with progress_reporter(args.quiet) as progress:
         results = run_audit(spec, device=args.device, progress=progress,
                             on_check=None if args.quiet else _print_check).to_json()
     # how the data were read (class order taken from the data, resized images): said even when quiet
     for note in dict.fromkeys(n for d in results["datasets"].values() for n in d.get("notices") or []):
         err.print(f"note: {note}", markup=False, soft_wrap=True, highlight=False)
-    paths = _write(results, args.out, args.format, args.quiet)
+    paths = _write(results, args.out, args.format, args.quiet, force=args.force)
     code = exit_code(results, strict=args.strict)
     if not args.quiet:
         for line in verdict_lines(results):
-            err.print(line, markup=False, soft_wrap=True, highlight=False)
-        err.print("report: " + ", ".join(str(p) for p in paths.values()), markup=False, soft_wrap=True)
+            say(line)
+        say("report: " + ", ".join(str(p) for p in paths.values()))
+    if code == EXIT_ERROR:  # exit 3 says why, even with --quiet: CI logs show the check that broke
+        _error(_errored_line(results))
     return code
 
 
-def _write(results: dict[str, Any], out: Path, formats: set[str], quiet: bool) -> dict[str, Path]:
+def _errored_line(results: dict[str, Any]) -> str:
+    broken = [c for c in results["checks"] if c.get("status") == "error"]
+    first = broken[0] if broken else {}
+    what = ", ".join(c["id"] for c in broken[:5]) + (f" and {len(broken) - 5} more" if len(broken) > 5 else "")
+    return (f"{len(broken)} check{'s' if len(broken) != 1 else ''} raised an error: {what} "
+            f"({first.get('message', '')}); the report records the traceback")
+
+
+def _write(results: dict[str, Any], out: Path, formats: set[str], quiet: bool, *, force: bool) -> dict[str, Path]:
     from reports import write_report
 
     if not quiet:
-        err.print(f"writing {', '.join(sorted(formats))} to {out}/")
-    return write_report(results, out, formats)
+        say(f"writing {', '.join(sorted(formats))} to {out}/")
+    return write_report(results, out, formats, force=force)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -204,7 +315,7 @@ def cmd_checks(args: argparse.Namespace) -> int:
         try:
             cls = registry.get(name)
         except Exception as exc:  # noqa: BLE001 - list what is broken instead of failing the listing
-            table.add_row(name, f"[red]cannot import: {exc}[/]", "")
+            table.add_row(escape(name), Text(f"cannot import: {exc}", style="red"), "")
             continue
         metrics = "\n".join(f"{m}{' ↑' if spec.higher_is_better else ' ↓'}" + (f" ({spec.unit})" if spec.unit else "")
                              for m, spec in cls.metrics.items())
@@ -218,7 +329,8 @@ def cmd_checks(args: argparse.Namespace) -> int:
             default = field.get_default(call_default_factory=True)
             default = default if default is not None else "—"
             params.append(f"{pname}={default!r}" if not callable(default) else pname)
-        table.add_row(f"[bold]{name}[/]\n{cls.summary}", metrics, "\n".join(params))
+        # third-party checks name themselves: their text is data, not markup
+        table.add_row(Text.assemble((name, "bold"), "\n", str(cls.summary)), Text(metrics), Text("\n".join(params)))
     console.print(table)
     return EXIT_OK
 
@@ -227,19 +339,21 @@ def cmd_render(args: argparse.Namespace) -> int:
     from audit.results import load_results
 
     results = load_results(args.results)
-    paths = _write(results, args.out, args.format, args.quiet)
+    paths = _write(results, args.out, args.format, args.quiet, force=args.force)
     if not args.quiet:
-        err.print("wrote " + ", ".join(str(p) for p in paths.values()))
+        say("wrote " + ", ".join(str(p) for p in paths.values()))
     return EXIT_OK
 
 
 def cmd_diff(args: argparse.Namespace) -> int:
+    """Exit 1 when the new audit regressed (see reports.diff.regressions), else 0."""
     from audit.results import load_results
-    from reports.diff import diff_results, format_diff
+    from reports.diff import diff_results, format_diff, regressions
 
     old, new = load_results(args.old), load_results(args.new)
-    print(format_diff(diff_results(old, new)))
-    return EXIT_OK
+    rows = diff_results(old, new)
+    print(format_diff(rows, old=old, new=new), flush=True)
+    return EXIT_FAIL if regressions(rows) else EXIT_OK
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -253,7 +367,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         loaded = train_and_save(spec, device=args.device, progress=progress)
     record = loaded.training or {}
     print(json.dumps({k: record.get(k) for k in ("best_epoch", "wall_s", "device", "seed", "model_sha256", "saved_to")},
-                     indent=2))
+                     indent=2), flush=True)
     return EXIT_OK
 
 

@@ -295,6 +295,10 @@ class Context:
                 first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
                 raise ModelError(f"the model cannot take dataset '{name}' (input shape "
                                  f"{tuple(ds.x.shape[1:])}, dtype {ds.x.dtype}): {first}") from None
+            except Exception as exc:  # noqa: BLE001 - the model's own code raised: its error, in one line
+                first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+                raise ModelError(f"the model raised {type(exc).__name__} on dataset '{name}'"
+                                 + (f": {first}" if first else "")) from None
             self._validate_output(ds, out)
             self._logits[name] = out
         return self._logits[name]

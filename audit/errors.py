@@ -39,3 +39,15 @@ def did_you_mean(name: str, choices: Iterable[str]) -> str:
     if choices and len(choices) <= 12:
         return " Choose from: " + ", ".join(choices) + "."
     return ""
+
+
+def env_limit(name: str, default: float) -> float:
+    """A positive limit from environment variable `name`; an unusable value (not a
+    number, zero or negative) keeps `default` rather than breaking every command."""
+    import os
+
+    try:
+        value = float(os.environ.get(name, default))
+    except ValueError:
+        return default
+    return value if value > 0 else default

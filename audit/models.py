@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib
 import pickle
+import re
 import sys
 import zipfile
 from collections.abc import Callable, Mapping
@@ -89,13 +90,23 @@ def _load_model_path(spec: AuditSpec) -> LoadedModel:
                                input_range=ms.input_range, classes=ms.classes)
         try:
             obj = torch.load(path, map_location="cpu", weights_only=True)
-        except pickle.UnpicklingError:
+        except pickle.UnpicklingError as exc:
+            # torch says "Weights only load failed" both for a pickle of objects (an
+            # "Unsupported global") and for bytes that are no pickle at all
+            found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(exc))
+            if found is None:
+                raise ModelError(f"cannot read {path}: not a PyTorch state_dict, checkpoint or TorchScript archive "
+                                 f"(the file is corrupt or of another format)", where=where) from None
             if not ms.trust_pickle:
                 raise ModelError(
-                    f"{path} is a full pickle, and loading it can run arbitrary code. If you trust its source "
-                    f"set `model.trust_pickle: true`; better, save a state_dict "
+                    f"{path} is a full pickle (it holds {found.group(1)}), and loading it can run arbitrary code. "
+                    f"If you trust its source set `model.trust_pickle: true`; better, save a state_dict "
                     f"(torch.save(model.state_dict(), path)) or safetensors and give `factory`", where=where) from None
-            obj = torch.load(path, map_location="cpu", weights_only=False)  # trusted by the spec
+            try:
+                obj = torch.load(path, map_location="cpu", weights_only=False)  # trusted by the spec
+            except Exception as exc2:  # noqa: BLE001 - unpickling runs the file's own code
+                raise ModelError(f"cannot unpickle {path}: {type(exc2).__name__}: {_first_line(exc2)}",
+                                 where=where) from None
         except (RuntimeError, OSError, EOFError) as exc:
             raise ModelError(f"cannot read {path}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}",
                              where=where) from None
@@ -107,12 +118,19 @@ def _load_model_path(spec: AuditSpec) -> LoadedModel:
                      f"`factory`), a TorchScript .pt, or a Hugging Face model folder", where=where)
 
 
+def _first_line(exc: BaseException) -> str:
+    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+
+
 def _is_torchscript(path: Path) -> bool:
     """A TorchScript archive is a zip with `code/` and `constants.pkl`; torch.save zips have neither."""
     if not zipfile.is_zipfile(path):
         return False
-    with zipfile.ZipFile(path) as z:
-        return any(n.endswith("constants.pkl") or "/code/" in n for n in z.namelist())
+    try:
+        with zipfile.ZipFile(path) as z:
+            return any(n.endswith("constants.pkl") or "/code/" in n for n in z.namelist())
+    except (zipfile.BadZipFile, OSError):  # corrupt: torch.load says so, with the path
+        return False
 
 
 def _state_dict_of(obj: Any, path: Path) -> dict[str, torch.Tensor]:

@@ -34,6 +34,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     help="run the checks of this audit spec as test items (repeatable)")
     group.addoption("--audit-report", metavar="DIR", default=None,
                     help="write results.json, report.html and report.pdf for each audited spec")
+    group.addoption("--audit-report-force", action="store_true", default=False,
+                    help="replace a --audit-report folder that holds another audit's report")
     group.addoption("--audit-device", metavar="DEVICE", default=None, help="override the spec's device")
 
 
@@ -159,7 +161,14 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         if state.error:
             continue
         target = Path(out) if len(runners) == 1 else Path(out) / path.stem
-        write_report(state.runner.finish().to_json(), target, {"json", "html", "pdf"})
+        try:
+            write_report(state.runner.finish().to_json(), target, {"json", "html", "pdf"},
+                         force=bool(session.config.getoption("audit_report_force", False)))
+        except AuditInputError as exc:  # e.g. the folder holds another audit: say so, keep the old one
+            reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+            if reporter is not None:
+                reporter.write_line(f"audit report not written: {exc}", red=True)
+            session.exitstatus = pytest.ExitCode.USAGE_ERROR
 
 
 # ---- fixtures for user-written checks ------------------------------------------------------

@@ -513,6 +513,8 @@ def train_model(spec: AuditSpec, get_dataset: Callable[[str], Dataset], *, devic
                 progress: Progress | None = None) -> LoadedModel:
     """The model of a spec with `model.train`: trained on the spec's data and `device`, saved
     when `model.save` is set. Called by the model loader."""
+    if spec.model.save:  # an unwritable destination is known now, not after training
+        check_save_path(spec.resolve(spec.model.save))
     loaded = retrain(spec, get_dataset, device=device, progress=progress)
     if spec.model.save:
         tokenizer = get_dataset(spec.model.train.data).meta.get("tokenizer")  # type: ignore[union-attr]
@@ -550,6 +552,23 @@ def _atomic_write(path: Path, data: bytes) -> None:
         raise
 
 
+def check_save_path(path: Path) -> None:
+    """Raise AuditInputError (naming the path) when `model.save` cannot be written there."""
+    path = Path(path)
+    if path.suffix != ".safetensors":
+        raise AuditInputError(f"model.save must name a .safetensors file, not '{path.name}'", where="model.save")
+    if path.is_dir():
+        raise AuditInputError(f"cannot save the trained model to {path}: it is a folder", where="model.save")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".probe")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        reason = exc.strerror or str(exc) or type(exc).__name__
+        raise AuditInputError(f"cannot save the trained model to {path}: {reason}", where="model.save") from None
+
+
 def save_model(loaded: LoadedModel, path: str | Path, tokenizer: dict[str, Any] | None = None) -> Path:
     """Write `path` (.safetensors) and its JSON recipe beside it (with the data's tokenizer,
     if any), atomically; records `saved_to` and the file's SHA-256 in the training record
@@ -567,8 +586,12 @@ def save_model(loaded: LoadedModel, path: str | Path, tokenizer: dict[str, Any] 
         "input_range": list(loaded.input_range) if loaded.input_range else None,
         "tokenizer": tokenizer, "model_sha256": sha, "training": record,
     }
-    _atomic_write(path, weights)
-    _atomic_write(recipe_path(path), json.dumps(recipe, indent=2, sort_keys=True).encode())
+    try:
+        _atomic_write(path, weights)
+        _atomic_write(recipe_path(path), json.dumps(recipe, indent=2, sort_keys=True).encode())
+    except OSError as exc:  # a read-only folder, a full disk: name the path, exit 2
+        reason = exc.strerror or str(exc) or type(exc).__name__
+        raise AuditInputError(f"cannot save the trained model to {path}: {reason}", where="model.save") from None
     loaded.sha256 = sha
     loaded.training = record
     loaded.source += f"; saved to {path}"

@@ -51,10 +51,11 @@ def diff_results(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[dict[st
     return _diff(old, new)
 
 
-def format_diff(rows: list[dict[str, Any]]) -> str:
+def format_diff(rows: list[dict[str, Any]], *, old: Mapping[str, Any] | None = None,
+                new: Mapping[str, Any] | None = None) -> str:
     from reports.diff import format_diff as _format
 
-    return _format(rows)
+    return _format(rows, old=old, new=new)
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
@@ -86,22 +87,29 @@ def results_json(results: Mapping[str, Any]) -> str:
     return json.dumps(jsonable(results), indent=2, ensure_ascii=False, allow_nan=False) + "\n"
 
 
-def write_report(results: Mapping[str, Any], out_dir: Path, formats: Iterable[str] = FORMATS) -> dict[str, Path]:
-    """Write the requested formats ("json", "html", "pdf") into `out_dir`.
+def write_report(results: Mapping[str, Any], out_dir: Path, formats: Iterable[str] = FORMATS, *,
+                 force: bool = False) -> dict[str, Path]:
+    """Write the requested formats ("json", "html", "pdf") as the report folder `out_dir`.
 
-    Everything is rendered in memory first and only then written, each file
-    atomically: a failure while rendering leaves the folder as it was, never a
-    half-written report. Returns {format: path} for the files written.
+    Everything is rendered in memory first; then the folder is published whole by
+    `audit.outputs.publish`: staged beside the target, renamed into place under a lock, so
+    the folder is at every instant the old complete report, the new complete report, or
+    absent, and two writers never mix. A folder holding another audit is replaced only
+    with `force` (an `OutputError`, exit 2, otherwise); see `audit.outputs` for the rules.
+    Returns {format: path} for the files written.
     """
+    from audit.outputs import check_target, publish
+
     wanted = {f.strip().lower() for f in formats if f and f.strip()}
     unknown = wanted - set(FORMATS)
     if unknown:
         raise ValueError(f"unknown report format(s) {sorted(unknown)}; choose from {', '.join(FORMATS)}")
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    text = results_json(results)
+    # refuse before the (slow) PDF rendering; `publish` checks again under the lock
+    check_target(out_dir, force=force, results_bytes=text.encode("utf-8") if "json" in wanted else None)
 
     payload: dict[str, bytes] = {}
-    text = results_json(results)
     if "json" in wanted:
         payload["json"] = text.encode("utf-8")
     if wanted & {"html", "pdf"}:
@@ -115,10 +123,7 @@ def write_report(results: Mapping[str, Any], out_dir: Path, formats: Iterable[st
 
             payload["pdf"] = pdf_bytes(html, out_dir)
 
-    written: dict[str, Path] = {}
-    for fmt in FORMATS:  # json first: the machine-readable record is the source of truth
-        if fmt in payload:
-            path = out_dir / FILENAMES[fmt]
-            atomic_write_bytes(path, payload[fmt])
-            written[fmt] = path
-    return written
+    # json first: the machine-readable record is the source of truth
+    files = {FILENAMES[fmt]: payload[fmt] for fmt in FORMATS if fmt in payload}
+    written = publish(out_dir, files, force=force)
+    return {fmt: written[FILENAMES[fmt]] for fmt in FORMATS if fmt in payload}

@@ -17,10 +17,17 @@ removed checks). Row kinds:
 ``threshold``  check ``id``, ``metric``: the threshold text differs (or appeared)
 ``metric``     check ``id``, ``metric``: value or CI differs; ``delta`` (new - old),
                ``direction`` (better / worse / higher / lower / appeared / gone) and
-               ``ci_overlap`` (whether the two intervals overlap, None if unknown)
+               ``ci_overlap`` (whether the two intervals overlap, None if unknown):
+               a difference whose intervals overlap is within noise
+``crossed``    check ``id``, ``metric``: the value moved across its threshold
+               (``op``, ``limit``, ``level``); ``direction`` worse (from the right side
+               to the wrong side) or better
 =============  =====================================================================
 
-``format_diff(rows)`` renders them as plain text for a terminal.
+``regressions(rows)`` is what makes ``audit diff`` exit 1: the verdict or a check's
+status got worse (pass < warn < fail; anything that becomes ``error`` is worse), or a
+judged metric crossed its threshold to the wrong side. ``format_diff(rows, old=, new=)``
+renders them as plain text for a terminal, both verdicts first.
 """
 
 from __future__ import annotations
@@ -31,11 +38,28 @@ from typing import Any
 
 from audit.formatting import format_number, format_threshold, format_value
 
-__all__ = ["diff_results", "format_diff"]
+__all__ = ["diff_results", "format_diff", "regressions"]
 
 _CHECK_FIELDS = ("check", "version", "clause", "data")
-# For "better"/"worse" on status changes; skipped is neither.
+# For "better"/"worse" on status changes; skipped and info are neither.
 _STATUS_RANK = {"pass": 0, "warn": 1, "fail": 2, "error": 2}
+_VERDICT_RANK = {"compliant": 0, "not assessed": 1, "non-compliant": 2, "error": 2}
+
+
+def _direction(ranks: Mapping[str, int], old: Any, new: Any) -> str | None:
+    """worse / better / None. Becoming `error` is always worse: something that ran broke."""
+    if old == new:
+        return None
+    if new == "error":
+        return "worse"
+    ro, rn = ranks.get(old), ranks.get(new)
+    if ro is None or rn is None or ro == rn:
+        return "better" if old == "error" and rn is not None else None
+    return "worse" if rn > ro else "better"
+
+
+def _right_side(value: float, op: str, limit: float) -> bool:
+    return value >= limit if op == "min" else value <= limit
 
 
 def _num(v: Any) -> float | None:
@@ -121,6 +145,42 @@ def _metric_rows(cid: str, name: str, old: Mapping[str, Any], new: Mapping[str, 
         if ot.get(metric) != nt.get(metric):
             rows.append({"kind": "threshold", "id": cid, "check": name, "metric": metric,
                          "old": ot.get(metric), "new": nt.get(metric)})
+    rows.extend(_crossings(cid, name, old, new))
+    return rows
+
+
+def _judged_value(check: Mapping[str, Any], t: Mapping[str, Any]) -> float | None:
+    """The value a threshold was judged on: the threshold entry's own, else the metric's."""
+    v = _num(t.get("value"))
+    if v is None:
+        m = _metric((check.get("metrics") or {}).get(t.get("metric")))
+        v = _num(m["value"]) if m else None
+    return v
+
+
+def _crossings(cid: str, name: Any, old: Mapping[str, Any], new: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """A `crossed` row per threshold of the new audit whose metric moved across it. The old
+    value is judged against the old audit's matching threshold (same metric, op, level),
+    or the new one when the old audit had none."""
+    rows: list[dict[str, Any]] = []
+    old_ts = [t for t in old.get("thresholds") or [] if isinstance(t, Mapping)]
+    for t in new.get("thresholds") or []:
+        if not isinstance(t, Mapping) or t.get("op") not in ("min", "max") or _num(t.get("limit")) is None:
+            continue
+        match = next((o for o in old_ts if (o.get("metric"), o.get("op"), o.get("level"))
+                      == (t.get("metric"), t.get("op"), t.get("level")) and _num(o.get("limit")) is not None), None)
+        # no matching old threshold: the old audit's metric, judged against the new limit
+        vo = _judged_value(old, match if match is not None else {"metric": t.get("metric")})
+        vn = _judged_value(new, t)
+        match = match if match is not None else t
+        if vo is None or vn is None:
+            continue
+        was = _right_side(vo, str(match.get("op")), float(match["limit"]))
+        now = _right_side(vn, str(t["op"]), float(t["limit"]))
+        if was != now:
+            rows.append({"kind": "crossed", "id": cid, "check": name, "metric": t.get("metric"),
+                         "op": t["op"], "limit": t["limit"], "level": t.get("level") or "must",
+                         "old": vo, "new": vn, "direction": "worse" if was else "better"})
     return rows
 
 
@@ -128,7 +188,8 @@ def diff_results(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[dict[st
     """Differences between two results documents, as JSON-ready rows (see module doc)."""
     rows: list[dict[str, Any]] = []
     if old.get("verdict") != new.get("verdict"):
-        rows.append({"kind": "verdict", "old": old.get("verdict"), "new": new.get("verdict")})
+        rows.append({"kind": "verdict", "old": old.get("verdict"), "new": new.get("verdict"),
+                     "direction": _direction(_VERDICT_RANK, old.get("verdict"), new.get("verdict"))})
     for key in ("name", "standard"):
         if (old.get(key) or "") != (new.get(key) or ""):
             rows.append({"kind": "setting", "field": key, "old": old.get(key), "new": new.get(key)})
@@ -167,8 +228,7 @@ def diff_results(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[dict[st
                 rows.append({"kind": "changed", "id": cid, "check": name, "field": key,
                              "old": o.get(key), "new": c.get(key)})
         if o.get("status") != c.get("status"):
-            ro, rn = _STATUS_RANK.get(o.get("status")), _STATUS_RANK.get(c.get("status"))
-            direction = None if ro is None or rn is None or ro == rn else ("worse" if rn > ro else "better")
+            direction = _direction(_STATUS_RANK, o.get("status"), c.get("status"))
             rows.append({"kind": "status", "id": cid, "check": name, "old": o.get("status"),
                          "new": c.get("status"), "direction": direction})
         rows.extend(_metric_rows(cid, name, o, c))
@@ -176,6 +236,12 @@ def diff_results(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[dict[st
         if cid not in cn:
             rows.append({"kind": "removed", "id": cid, "check": o.get("check"), "old": o.get("status"), "new": None})
     return rows
+
+
+def regressions(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The rows that make `audit diff` exit 1: a verdict or status that got worse, or a
+    judged metric that crossed its threshold to the wrong side."""
+    return [r for r in rows if r["kind"] in ("verdict", "status", "crossed") and r.get("direction") == "worse"]
 
 
 # --------------------------------------------------------------------------- text
@@ -199,16 +265,39 @@ def _metric_line(r: dict[str, Any]) -> str:
         notes.append(r["direction"])
     elif r.get("direction") == "ci":
         notes.append("interval only")
-    if r.get("ci_overlap") is False:
+    if r.get("ci_overlap") is True and r.get("direction") not in ("ci", "appeared", "gone"):
+        notes.append("within noise: the intervals overlap")
+    elif r.get("ci_overlap") is False:
         notes.append("intervals do not overlap")
     return line + (f"  ({', '.join(notes)})" if notes else "")
 
 
-def format_diff(rows: list[dict[str, Any]]) -> str:
-    """Plain-text rendering for a terminal (ASCII arrows, two-space indents)."""
+def _crossed_line(r: dict[str, Any]) -> str:
+    side = "below" if (r["op"] == "min") == (r["direction"] == "worse") else "above"
+    what = "REGRESSION" if r["direction"] == "worse" else "recovered"
+    limit = format_threshold({"op": r["op"], "limit": r["limit"], "level": r["level"]})
+    return (f"{r['metric']} crossed its threshold {limit}: {format_number(r['old'])} -> "
+            f"{format_number(r['new'])}, now {side} it ({what})")
+
+
+def _verdict_line(label: str, results: Mapping[str, Any] | None) -> str:
+    if results is None:
+        return ""
+    prov = results.get("provenance") if isinstance(results.get("provenance"), Mapping) else {}
+    started = prov.get("started_at") if isinstance(prov, Mapping) else None
+    return (f"{label} verdict: {results.get('verdict')}  ({results.get('name')}"
+            + (f", started {started}" if started else "") + ")")
+
+
+def format_diff(rows: list[dict[str, Any]], *, old: Mapping[str, Any] | None = None,
+                new: Mapping[str, Any] | None = None) -> str:
+    """Plain-text rendering for a terminal (ASCII arrows, two-space indents): both
+    verdicts first (when the documents are given), the differences, then the outcome."""
+    out: list[str] = [line for line in (_verdict_line("old", old), _verdict_line("new", new)) if line]
+    bad = regressions(rows)
     if not rows:
-        return "No differences."
-    out: list[str] = []
+        out.append("No differences.")
+        return "\n".join(out)
     audit = [r for r in rows if r["kind"] in ("verdict", "setting")]
     inputs = [r for r in rows if r["kind"] == "hash"]
     versions = [r for r in rows if r["kind"] == "version"]
@@ -218,7 +307,8 @@ def format_diff(rows: list[dict[str, Any]]) -> str:
         out.append("Audit")
         for r in audit:
             label = "verdict" if r["kind"] == "verdict" else r["field"]
-            out.append(f"  {label}: {r['old']} -> {r['new']}")
+            worse = " (worse)" if r.get("direction") == "worse" else " (better)" if r.get("direction") == "better" else ""
+            out.append(f"  {label}: {r['old']} -> {r['new']}{worse}")
     if inputs:
         out.append("Inputs (SHA-256)")
         for r in inputs:
@@ -257,4 +347,11 @@ def format_diff(rows: list[dict[str, Any]]) -> str:
                     out.append(f"      {_metric_line(r)}")
                 elif r["kind"] == "threshold":
                     out.append(f"      threshold {r['metric']}: {r['old'] or '(none)'} -> {r['new'] or '(none)'}")
+                elif r["kind"] == "crossed":
+                    out.append(f"      {_crossed_line(r)}")
+    if bad:
+        what = sorted({f"{r['id']}" if "id" in r else "verdict" for r in bad})
+        out.append(f"REGRESSION: {len(bad)} change(s) for the worse ({', '.join(what)})")
+    else:
+        out.append("No regression.")
     return "\n".join(out)
