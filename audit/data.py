@@ -40,6 +40,7 @@ import hashlib
 import json
 import time
 import zipfile
+import zlib
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -48,7 +49,7 @@ from typing import Any
 import numpy as np
 
 from audit.dataset import Dataset, Kind
-from audit.errors import DataError, did_you_mean
+from audit.errors import DataError, did_you_mean, env_limit
 from audit.labels import ClassOrder
 from audit.seeding import seeded_rng
 from audit.spec import AuditSpec, DataEntry
@@ -443,6 +444,8 @@ def _npz_headers(path: Path, where: str) -> dict[str, tuple[tuple[int, ...], np.
     """Shape and dtype of every array of an npz file, read from the .npy headers only."""
     out: dict[str, tuple[tuple[int, ...], np.dtype]] = {}
     fmt = np.lib.format
+    if not zipfile.is_zipfile(path):
+        raise DataError("cannot read the npz file: it is not an npz (zip) archive", where=where)
     try:
         with zipfile.ZipFile(path) as z:
             for info in z.infolist():
@@ -453,7 +456,7 @@ def _npz_headers(path: Path, where: str) -> dict[str, tuple[tuple[int, ...], np.
                     read = fmt.read_array_header_1_0 if version == (1, 0) else fmt.read_array_header_2_0
                     shape, _, dtype = read(f)
                 out[info.filename[:-4]] = (tuple(int(s) for s in shape), np.dtype(dtype))
-    except (OSError, ValueError, zipfile.BadZipFile) as exc:
+    except (OSError, ValueError, zipfile.BadZipFile, zlib.error, EOFError) as exc:
         raise DataError(f"cannot read the npz file: {exc}", where=where) from None
     for key, (_, dtype) in out.items():
         if dtype.hasobject:  # object arrays would need pickle: refused
@@ -564,9 +567,11 @@ def _int_tabular_notice(name: str, layout: _NpzLayout) -> list[str]:
 
 
 def _open_npz(path: Path, where: str) -> Any:
+    if not zipfile.is_zipfile(path):  # np.load would try it as a pickle and blame "object arrays"
+        raise DataError("cannot read the npz file: it is not an npz (zip) archive", where=where)
     try:
         return np.load(path, allow_pickle=False)
-    except (OSError, ValueError, zipfile.BadZipFile) as exc:
+    except (OSError, ValueError, zipfile.BadZipFile, zlib.error) as exc:
         raise DataError(f"cannot read the npz file: {exc}", where=where) from None
 
 
@@ -580,8 +585,8 @@ def _load_npz(src: _Source, name: str, entry: DataEntry, path: Path, where: str)
             else:
                 x = np.column_stack([f[k] for k in layout.features]) if layout.n else np.zeros((0, len(layout.features)))
             sensitive = {k: _sensitive_strings(f[k]) for k in layout.sensitive}
-        except (OSError, ValueError, zipfile.BadZipFile) as exc:
-            raise DataError(f"cannot read the npz file: {exc}", where=where) from None
+        except (OSError, ValueError, zipfile.BadZipFile, zlib.error, EOFError) as exc:
+            raise DataError(f"cannot read the npz file: {type(exc).__name__}: {exc}", where=where) from None
     x = _normalise_x(x, layout.kind)
     continuous = None
     feature_names = None
@@ -740,12 +745,12 @@ def _load_table(src: _Source, name: str, entry: DataEntry, path: Path, where: st
     df = _read_table(path, where)
     df.columns = [str(c) for c in df.columns]
     label, features = _table_layout(entry, list(df.columns), where)
+    if len(df) == 0:  # before the column types: a header alone has no types to judge
+        raise DataError("the dataset is empty: the file has a header but no rows", where=where)
     counts: dict[str, list[int]] = {}
     non_numeric: list[str] = []
     _feature_problems(df, features, counts, non_numeric)
     _raise_feature_problems(counts, non_numeric, features, where)
-    if len(df) == 0:
-        raise DataError("the dataset is empty", where=where)
     x = df[features].to_numpy(dtype=np.float32, na_value=np.nan)
     y, order = _table_labels(src, name, df, label, where, entry.path or path.name)
     sensitive = {c: _sensitive_strings(df[c].to_numpy()) for c in entry.sensitive}
@@ -821,13 +826,21 @@ def _scan_image_folder(name: str, entry: DataEntry, path: Path, where: str) -> t
                         where=where)
     sizes: list[tuple[int, int]] = []
     gray = True
+    max_pixels = Image.MAX_IMAGE_PIXELS or float("inf")
     for f in files:
         try:
             with Image.open(f) as im:  # reads the header only
                 sizes.append((im.size[1], im.size[0]))
                 gray = gray and im.mode in _GRAY_MODES
-        except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as exc:
+        except Image.DecompressionBombError:
+            raise DataError(f"image {f} declares more pixels than the limit of {max_pixels:,.0f} (a decompression "
+                            "bomb, or a scan far larger than a model takes): refused before decoding",
+                            where=where) from None
+        except (UnidentifiedImageError, OSError, zlib.error) as exc:
             raise DataError(f"cannot read image {f}: {exc}", where=where) from None
+        if sizes[-1][0] * sizes[-1][1] > max_pixels:  # PIL only warns up to twice its limit
+            raise DataError(f"image {f} is {sizes[-1][0]}x{sizes[-1][1]}: more pixels than the limit of "
+                            f"{max_pixels:,.0f}; refused before decoding", where=where)
     notices = [f"dataset '{name}': class folder '{d.name}' holds no images; class '{d.name}' is kept, with no samples"
                for d in class_dirs if d.name not in set(labels)]
     if entry.image_size is not None:
@@ -844,6 +857,13 @@ def _scan_image_folder(name: str, entry: DataEntry, path: Path, where: str) -> t
             raise DataError(f"images differ in size: {rel[0]} is {size[0]}x{size[1]} but {rel[1]} is "
                             f"{sizes[other][0]}x{sizes[other][1]} (HxW); set `image_size: [H, W]` on the data entry "
                             f"to resize them all to one size (the report records it)", where=where)
+    channels = 1 if gray else 3
+    need = len(files) * size[0] * size[1] * channels * 5  # uint8 while decoding, then float32
+    budget = env_limit("AUDIT_MAX_IMAGE_BYTES", 8e9)
+    if need > budget:
+        raise DataError(f"{len(files):,} images of {size[0]}x{size[1]}x{channels} need about {need / 1e9:.1f} GB in "
+                        f"memory, over the limit of {budget / 1e9:.1f} GB (AUDIT_MAX_IMAGE_BYTES): refused before "
+                        "decoding; set `image_size:` smaller or raise the limit", where=where)
     folder = _ImageFolder(class_names=[d.name for d in class_dirs], files=files, labels=labels, size=size,
                           mode="L" if gray else "RGB", resized=resized)
     return folder, notices
@@ -869,7 +889,7 @@ def _load_image_folder(src: _Source, name: str, entry: DataEntry, path: Path, wh
                 if im.size != (w, h):
                     im = im.resize((w, h), Image.Resampling.BILINEAR)
                 x[i] = np.asarray(im, dtype=np.uint8)
-        except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as exc:
+        except (UnidentifiedImageError, OSError, Image.DecompressionBombError, zlib.error) as exc:
             raise DataError(f"cannot read image {f}: {exc}", where=where) from None
     x = x[:, None] if x.ndim == 3 else x.transpose(0, 3, 1, 2)
     # every sub-folder is a class, even an empty one, so indices match the train folder
