@@ -195,6 +195,7 @@ def _sign_pdf(pdf: bytes, identity: Identity, reason: str) -> bytes:
     from pyhanko.pdf_utils.incremental_writer import IncrementalPdfFileWriter
     from pyhanko.pdf_utils.misc import PdfError
     from pyhanko.pdf_utils.reader import PdfFileReader
+    from pyhanko.sign.general import SigningError
 
     signer = signers.SimpleSigner.load(str(identity.key_path), str(identity.cert_path),
                                        key_passphrase=identity.passphrase or None)
@@ -211,7 +212,7 @@ def _sign_pdf(pdf: bytes, identity: Identity, reason: str) -> bytes:
         with _quiet_pyhanko():
             signers.PdfSigner(meta, signer=signer).sign_pdf(IncrementalPdfFileWriter(io.BytesIO(pdf), strict=False),
                                                             output=out)
-    except (PdfError, ValueError) as exc:
+    except (PdfError, ValueError, SigningError) as exc:
         raise AuditInputError(f"cannot sign the PDF: {exc}", where="report.pdf") from None
     return out.getvalue()
 
@@ -364,6 +365,9 @@ def verify_report(folder: str | Path, *, trust: Sequence[str | Path] = (), spec:
         v.add(MANIFEST, False, f"unreadable: {exc}")
         return v
     v.manifest = manifest
+    named = (manifest.get("signer") or {}).get("certificate_sha256") if isinstance(manifest.get("signer"), dict) else None
+    if signer_fp and named != signer_fp:
+        v.add(MANIFEST, False, "names a signer other than the certificate that signed it")
     listed = manifest["files"]
     for name, expected in listed.items():
         path = folder / str(name)

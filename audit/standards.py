@@ -348,7 +348,8 @@ def select_profiles(standard: str | None, standards: Sequence[str], *, base_dir:
     such as `eu-ai-act`, or a YAML path), and `standard` when it is a shipped name or a
     YAML path; any other `standard` string is the report's subtitle and selects nothing."""
     refs: list[tuple[str, str]] = []
-    if standard and (standard in builtin_names() or standard in ALIASES or _is_path(standard)):
+    # a subtitle may hold a slash ("ISO/IEC 42001"); only a .yaml/.yml name is a profile file here
+    if standard and (standard in builtin_names() or standard in ALIASES or standard.endswith((".yaml", ".yml"))):
         refs.append((standard, f"{source}: standard"))
     refs += [(ref, f"{source}: standards[{i}]") for i, ref in enumerate(standards)]
     profiles: list[Profile] = []

@@ -242,3 +242,14 @@ def test_run_sign_end_to_end(tmp_path: Path, keys, capsys: pytest.CaptureFixture
     assert code == 0, text
     code, text = run(capsys, "run", str(spec), "--out", str(tmp_path / "o2"), "--quiet", "--sign")
     assert code == 2 and "--sign needs --key KEY and --cert CERT" in text
+
+
+def test_manifest_resigned_by_another_key_naming_the_first_signer(copy: Path, keys, tmp_path: Path,
+                                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    """Someone with another key re-signs the manifest but leaves the original signer's name in it."""
+    from audit.signing import _sign_cms
+
+    other = make_throwaway_identity(tmp_path / "other", common_name="forger")
+    (copy / SIGNATURE).write_bytes(_sign_cms((copy / MANIFEST).read_bytes(), other))
+    code, out = run(capsys, "verify", str(copy))
+    assert code == 1 and "names a signer other than the certificate that signed it" in out

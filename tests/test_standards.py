@@ -173,8 +173,9 @@ def test_selection(tmp_path: Path) -> None:
     # a known name in `standard:` selects it; any other string stays the subtitle
     spec = _parse(tmp_path, "standard: eu-ai-act-art15")
     assert [p.name for p in spec.profiles] == ["eu-ai-act-art15"]
-    spec = _parse(tmp_path, "standard: Foundation model specification (demo)")
-    assert spec.profiles == [] and spec.standard == "Foundation model specification (demo)"
+    for subtitle in ("Foundation model specification (demo)", "ISO/IEC 42001 (internal reading)"):
+        spec = _parse(tmp_path, f"standard: {subtitle}")
+        assert spec.profiles == [] and spec.standard == subtitle
 
 
 @pytest.mark.parametrize(("line", "where", "message"), [
