@@ -96,12 +96,14 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--device", type=_device, help="override the spec's device (auto, cpu, cuda, cuda:N, mps)")
     run.add_argument("--strict", action="store_true", help="warnings make the audit non-compliant (exit 1)")
     common(run)
+    add_sign_options(run)
 
     demo = sub.add_parser("demo", help="run a built-in demo spec on the embedded fixtures")
     demo.add_argument("--spec", choices=sorted(DEMOS), default="digits", help="which demo (default: digits)")
     demo.add_argument("--device", type=_device)
     demo.add_argument("--strict", action="store_true")
     common(demo)
+    add_sign_options(demo, demo=True)
 
     val = sub.add_parser("validate", help="check a spec, run nothing")
     val.add_argument("spec", type=Path)
@@ -123,6 +125,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("spec", type=Path)
     train.add_argument("--device", type=_device)
     common(train, out=False)
+    add_standards_commands(sub)
     return p
 
 
@@ -250,6 +253,7 @@ def cmd_run(args: argparse.Namespace, spec_path: Path | None = None) -> int:
     # refuse before the audit runs, not after: a taken or unwritable folder is known now
     check_target(args.out, force=args.force)
     probe_writable(args.out)
+    signing = prepare_signing(args)
     if not args.quiet:
         say((spec.name, "bold"), f" — {len(spec.checks)} checks")
     with progress_reporter(args.quiet) as progress:
@@ -258,7 +262,10 @@ def cmd_run(args: argparse.Namespace, spec_path: Path | None = None) -> int:
     # how the data were read (class order taken from the data, resized images): said even when quiet
     for note in dict.fromkeys(n for d in results["datasets"].values() for n in d.get("notices") or []):
         err.print(f"note: {note}", markup=False, soft_wrap=True, highlight=False)
-    paths = _write(results, args.out, args.format, args.quiet, force=args.force)
+    paths = _write(signing.mark(results) if signing else results, args.out, args.format, args.quiet,
+                   force=args.force)
+    if signing:
+        signing.sign(args.out, spec_path or args.spec, args.quiet)
     code = exit_code(results, strict=args.strict)
     if not args.quiet:
         for line in verdict_lines(results):
@@ -299,6 +306,8 @@ def cmd_validate(args: argparse.Namespace) -> int:
     checked = validate_inputs(spec)
     print(f"{args.spec}: valid ({len(spec.checks)} checks, datasets: {', '.join(spec.dataset_names())})")
     print("\n".join(checked.lines()))
+    if spec.profiles:
+        print("standards: " + ", ".join(f"{p.name} ({len(p.clauses)} clauses)" for p in spec.profiles))
     return EXIT_OK
 
 
@@ -371,9 +380,153 @@ def cmd_train(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+# ---- standards and signatures ---------------------------------------------------------------
+def add_sign_options(sp: argparse.ArgumentParser, demo: bool = False) -> None:
+    """`--sign` on run/demo: sign the written report (see `audit sign`)."""
+    sp.add_argument("--sign", action="store_true",
+                    help="sign the report: a signed manifest of hashes and a PAdES-signed PDF"
+                         + (" (with a throw-away demo key unless --key/--cert are given)" if demo
+                            else " (needs --key and --cert)"))
+    sp.add_argument("--key", type=Path, help="private key for --sign (PEM or DER; $AUDIT_KEY_PASSPHRASE if encrypted)")
+    sp.add_argument("--cert", type=Path, help="the key's X.509 certificate for --sign (PEM or DER)")
+    sp.set_defaults(demo_key=demo)
+
+
+def add_standards_commands(sub: Any) -> None:
+    sign = sub.add_parser("sign", help="sign a report folder: manifest of SHA-256 hashes + PAdES-signed PDF")
+    sign.add_argument("dir", type=Path, help="the report folder (results.json, report.html, report.pdf)")
+    sign.add_argument("--key", type=Path, required=True, help="private key (PEM or DER; $AUDIT_KEY_PASSPHRASE if encrypted)")
+    sign.add_argument("--cert", type=Path, required=True, help="the key's X.509 certificate (PEM or DER)")
+    sign.add_argument("--spec", type=Path, help="the audit spec: refused unless it is the one the audit ran")
+
+    ver = sub.add_parser("verify", help="check a signed report folder: signatures and hashes (exit 1 if tampered)")
+    ver.add_argument("dir", type=Path)
+    ver.add_argument("--trust", type=Path, action="append", default=[], metavar="CERT",
+                     help="require the signer to chain to this certificate (repeatable); without it an "
+                          "intact signature by an unknown signer is accepted and reported as not trusted")
+    ver.add_argument("--spec", type=Path, help="also check that this spec is the one the audit ran")
+
+    std = sub.add_parser("standards", help="list the standard profiles, or check and show profiles")
+    std.add_argument("profiles", nargs="*", help="shipped profile names or profile YAML files")
+
+
+class _Signing:
+    """What `--sign` on run/demo needs: the signer, read before the audit runs (a bad key
+    fails fast), and for the demo a throw-away key in a temporary folder."""
+
+    def __init__(self, key: Path, cert: Path, formats: set[str], throwaway: Any = None) -> None:
+        from audit.signing import read_identity
+
+        self.identity = read_identity(key, cert)
+        self.formats = formats
+        self.throwaway = throwaway  # the TemporaryDirectory holding a demo key, removed after signing
+
+    def mark(self, results: dict[str, Any]) -> dict[str, Any]:
+        """The results with the note the report's cover shows (rendered before signing)."""
+        files = [f for f, fmt in (("results.json", "json"), ("report.html", "html"), ("report.pdf", "pdf"))
+                 if fmt in self.formats]
+        return {**results, "signing": {"signer": self.identity.subject, "throwaway": self.throwaway is not None,
+                                       "files": files}}
+
+    def sign(self, out: Path, spec: Path, quiet: bool) -> None:
+        from audit.signing import sign_report
+
+        try:
+            manifest = sign_report(out, self.identity.key_path, self.identity.cert_path, spec=spec)
+        finally:
+            if self.throwaway is not None:
+                self.throwaway.cleanup()
+        if not quiet:
+            err.print(f"signed {', '.join(manifest['files'])} at {manifest['signed_at']} as "
+                      f"{self.identity.subject}: {out / 'manifest.json'}, {out / 'manifest.json.p7s'}",
+                      markup=False, soft_wrap=True)
+            if self.throwaway is not None:
+                err.print("signed with a throw-away demo key (now deleted): not a trusted signature; "
+                          "it shows the files are unchanged, not who signed them", markup=False, soft_wrap=True)
+
+
+def prepare_signing(args: argparse.Namespace) -> _Signing | None:
+    if not getattr(args, "sign", False):
+        if getattr(args, "key", None) or getattr(args, "cert", None):
+            raise AuditInputError("--key and --cert are used with --sign")
+        return None
+    if (args.key is None) != (args.cert is None):
+        raise AuditInputError("--sign needs both --key and --cert")
+    if args.key is None:
+        if not getattr(args, "demo_key", False):
+            raise AuditInputError("--sign needs --key KEY and --cert CERT (the demo alone signs with a throw-away key)")
+        import tempfile
+
+        from audit.signing import make_throwaway_identity
+
+        tmp = tempfile.TemporaryDirectory(prefix="audit-demo-key-")
+        ident = make_throwaway_identity(tmp.name)
+        return _Signing(ident.key_path, ident.cert_path, set(args.format), throwaway=tmp)
+    return _Signing(args.key, args.cert, set(args.format))
+
+
+def cmd_sign(args: argparse.Namespace) -> int:
+    from audit.signing import sign_report
+
+    manifest = sign_report(args.dir, args.key, args.cert, spec=args.spec)
+    print(f"signed {args.dir} at {manifest['signed_at']} as {manifest['signer']['subject']}")
+    for name, digest in manifest["files"].items():
+        print(f"  {name:<13} sha256 {digest}")
+    print(f"  spec          sha256 {manifest['spec_sha256']}")
+    print(f"wrote {args.dir / 'manifest.json'} and {args.dir / 'manifest.json.p7s'}; report.pdf carries a PAdES signature"
+          if "report.pdf" in manifest["files"] else
+          f"wrote {args.dir / 'manifest.json'} and {args.dir / 'manifest.json.p7s'}")
+    return EXIT_OK
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    from audit.signing import verify_report
+
+    v = verify_report(args.dir, trust=args.trust, spec=args.spec)
+    for f in v.findings:
+        print(f"  {'ok' if f.ok else 'FAILED':<6} {f.file:<17} {f.text}")
+    m = v.manifest or {}
+    if v.ok:
+        signer = (m.get("signer") or {}).get("subject", "?")
+        print(f"intact: {', '.join(m.get('files', {}))} as signed at {m.get('signed_at')} by {signer}"
+              + ("" if v.trusted else " (signer not trusted)"))
+        return EXIT_OK
+    print(f"tampered or not as signed: {', '.join(v.tampered)}")
+    return EXIT_FAIL
+
+
+def cmd_standards(args: argparse.Namespace) -> int:
+    from audit.standards import ALIASES, builtin_names, load_profile
+
+    console = Console(highlight=False)
+    if not args.profiles:
+        table = Table(title="Standard profiles (select with `standards:` in a spec)", expand=True)
+        for col in ("profile", "title", "clauses", "evidenced by checks", "attestations"):
+            table.add_column(col, overflow="fold")
+        for name in builtin_names():
+            p = load_profile(name)
+            n_att = sum(c.attestation for c in p.clauses)
+            table.add_row(name, p.title, str(len(p.clauses)), str(len(p.clauses) - n_att), str(n_att))
+        for alias, names in ALIASES.items():
+            table.add_row(alias, "= " + " + ".join(names), "", "", "")
+        console.print(table)
+        return EXIT_OK
+    for ref in args.profiles:
+        p = load_profile(ref, base_dir=Path.cwd())
+        console.print(f"[bold]{escape(p.name)}[/]: {escape(p.title)} — {len(p.clauses)} clauses, valid"
+                      + (f"\n[dim]{escape(p.source)}[/]" if p.source else ""))
+        for c in p.clauses:
+            what = "attestation" if c.attestation else "; ".join(
+                (f"{e.check}" + (f" ({', '.join(e.metrics)})" if e.metrics else "")) if e.check else f"record: {e.record}"
+                for e in c.evidence)
+            console.print(f"  {escape(c.id):<22} {escape(c.title)}\n  {'':<22} [dim]{escape(what)}[/]")
+    return EXIT_OK
+
+
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "run": cmd_run, "demo": cmd_demo, "validate": cmd_validate, "checks": cmd_checks,
     "render": cmd_render, "diff": cmd_diff, "train": cmd_train,
+    "sign": cmd_sign, "verify": cmd_verify, "standards": cmd_standards,
 }
 
 if __name__ == "__main__":

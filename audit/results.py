@@ -133,6 +133,8 @@ class Results:
     datasets: dict[str, Any] = field(default_factory=dict)
     model: dict[str, Any] | None = None
     training: dict[str, Any] | None = None
+    # coverage of each selected standard profile (audit.standards.coverage)
+    standards: tuple[dict[str, Any], ...] = ()
 
     @property
     def summary(self) -> dict[str, int]:
@@ -159,7 +161,7 @@ class Results:
             "verdict": self.verdict, "summary": self.summary,
             "checks": [c.to_json() for c in self.checks],
             "datasets": self.datasets, "model": self.model, "training": self.training,
-            "provenance": self.provenance,
+            "provenance": self.provenance, "standards": [jsonable(s) for s in self.standards],
         }
 
 

@@ -24,6 +24,7 @@ from audit.labels import check_label_order
 from audit.registry import registry
 from audit.results import CheckResult, Results, ThresholdResult, jsonable
 from audit.spec import AuditSpec, CheckEntry
+from audit.standards import attach_standards
 from audit.verdict import apply_holm, check_status, summarize, threshold_result
 
 class Runner:
@@ -142,12 +143,13 @@ class Runner:
             | {f"check:{c.id}": round(c.duration_s, 4) for c in checks},
             "spec": jsonable(self.spec.raw, default=str),
         }
-        return Results(
+        results = Results(
             name=self.spec.name, standard=self.spec.standard, checks=checks, provenance=provenance,
             datasets={name: ds.describe() for name, ds in ctx.loaded_datasets.items()},
             model=model.card() if model else None,
             training=model.training if model else None,
         )
+        return attach_standards(results, self.spec.profiles)
 
 
 def _lib_versions() -> dict[str, str]:

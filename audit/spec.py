@@ -165,6 +165,9 @@ class CheckEntry(_Strict):
 class AuditSpec(_Strict):
     name: str
     standard: str | None = None
+    # standard profiles (audit.standards): shipped names or YAML paths; a known profile
+    # name in `standard` selects that profile too, any other `standard` is a subtitle
+    standards: list[str] = Field(default_factory=list)
     seed: int = 0
     device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?|mps)$")
     # `holm`: the chance that any pass in the audit is wrong is at most 1 - confidence
@@ -178,6 +181,17 @@ class AuditSpec(_Strict):
     base_dir: Path = Path(".")
     sha256: str = ""
     raw: dict[str, Any] = Field(default_factory=dict)
+    _profiles: list[Any] = PrivateAttr(default_factory=list)
+
+    @field_validator("standards", mode="before")
+    @classmethod
+    def _listify_standards(cls, v: Any) -> Any:
+        return [v] if isinstance(v, str) else v
+
+    @property
+    def profiles(self) -> list[Any]:
+        """The selected standard profiles (audit.standards.Profile), loaded with the spec."""
+        return self._profiles
 
     def dataset_names(self) -> list[str]:
         return list(self.data) + list(self.domains)
@@ -325,10 +339,18 @@ def parse_spec(raw: Any, *, source: str = "<memory>", base_dir: Path = Path(".")
     _check_references(spec)
     if check_registry:
         validate_checks(spec)
+    _select_standards(spec, check_registry)
     return spec
 
 
-_TOP_KEYS = ("name", "standard", "seed", "device", "familywise", "model", "data", "domains", "checks")
+def _select_standards(spec: AuditSpec, check_registry: bool) -> None:
+    from audit.standards import select_profiles
+
+    spec._profiles = select_profiles(spec.standard, spec.standards, base_dir=spec.base_dir, source=spec.source,
+                                     check_registry=check_registry)
+
+
+_TOP_KEYS = ("name", "standard", "standards", "seed", "device", "familywise", "model", "data", "domains", "checks")
 
 
 def _reject_unknown_top(body: dict, source: str) -> None:

@@ -23,6 +23,7 @@ from audit.formatting import (format_ci, format_datetime, format_metric, format_
                               format_threshold, format_value, is_number)
 from audit.results import AREA_KEYS, AREAS
 from reports.charts import render_chart
+from reports.standards_view import coverage_legend, signing_view, standards_view
 from reports.svg import svg_data_uri
 
 __all__ = ["STATUSES", "anchor_for", "build_view", "headline_metric"]
@@ -524,6 +525,7 @@ def build_view(results: Mapping[str, Any]) -> dict[str, Any]:
     anchors: set[str] = set(_RESERVED_IDS)
     raw_checks = [c for c in results.get("checks") or [] if isinstance(c, Mapping)]
     checks = [_check_view(c, anchors) for c in raw_checks]
+    standards = standards_view(results, {c["id"]: c["anchor"] for c in checks}, anchors)
     by_area: dict[str, list[dict[str, Any]]] = {}
     for raw, view in zip(raw_checks, checks):
         by_area.setdefault(_area_of(raw), []).append(view)
@@ -583,4 +585,7 @@ def build_view(results: Mapping[str, Any]) -> dict[str, Any]:
         "provenance": _provenance_view(results, checks),
         "statuses": [{"key": s, "label": STATUS_LABEL[s], "symbol": STATUS_SYMBOL[s], "meaning": STATUS_MEANING[s]}
                      for s in STATUSES],
+        "standards": standards,
+        "coverage_legend": coverage_legend() if standards else [],
+        "signing": signing_view(results),
     }
