@@ -259,9 +259,11 @@ def cmd_run(args: argparse.Namespace, spec_path: Path | None = None) -> int:
     with progress_reporter(args.quiet) as progress:
         results = run_audit(spec, device=args.device, progress=progress,
                             on_check=None if args.quiet else _print_check).to_json()
-    # how the data were read (class order taken from the data, resized images): said even when quiet
-    for note in dict.fromkeys(n for d in results["datasets"].values() for n in d.get("notices") or []):
-        err.print(f"note: {note}", markup=False, soft_wrap=True, highlight=False)
+    # how the data were read (class order taken from the data, resized images); the report
+    # records them too, so --quiet leaves them out
+    if not args.quiet:
+        for note in dict.fromkeys(n for d in results["datasets"].values() for n in d.get("notices") or []):
+            err.print(f"note: {note}", markup=False, soft_wrap=True, highlight=False)
     paths = _write(signing.mark(results) if signing else results, args.out, args.format, args.quiet,
                    force=args.force)
     if signing:

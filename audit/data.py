@@ -203,7 +203,9 @@ def _record_order(name: str, order: ClassOrder, meta: dict[str, Any], notices: l
     """Record the class order, and say it when it was taken from this dataset's own data
     (an order inherited from 'train' was said there)."""
     meta["class_order"] = order.to_json()
-    if not order.declared and not order.source.startswith("dataset '"):
+    # integer labels 0..K-1 name output indices themselves: only names need an order said
+    by_index = order.source.startswith("class indices") and order.classes == [str(i) for i in range(len(order.classes))]
+    if not order.declared and not order.source.startswith("dataset '") and not by_index:
         notices.append(f"dataset '{name}': class order taken from the {order.source}: {order.listing()}; "
                        f"if the model's outputs are in another order, declare it with `model.classes`")
 

@@ -334,7 +334,7 @@ def _model_view(model: Any, training: Any) -> dict[str, Any] | None:
     for layer in layers:
         entry = by_type.setdefault(str(layer.get("type") or "?"), [0, 0])
         entry[0] += 1
-        entry[1] += int(layer.get("params") or 0)
+        entry[1] += int(layer["params"]) if is_number(layer.get("params")) else 0
     summary = [{"type": t, "count": c, "params": format_number(p)}
                for t, (c, p) in sorted(by_type.items(), key=lambda kv: (-kv[1][1], kv[0]))]
 

@@ -75,7 +75,9 @@ def test_validate_reads_npz_and_image_headers_and_says_what_it_found(tmp_path: P
     assert "model: built-in fixture digits-cnn" in out
     assert "npz file" in out and "20 samples, x float32 of shape [1, 8, 8] per sample" in out
     assert "sensitive: site" in out and "2 samples, 1x8x8 images" in out
-    assert "note: dataset 'test': class order taken from the class indices of t.npz" in out
+    # class indices 0..K-1 name the outputs themselves: no order to announce; folder names do
+    assert "class order taken from the class indices" not in out
+    assert "class order taken from the sorted class folders of imgs: 0=0, 1=1" in out
 
 
 @pytest.mark.parametrize("factory, kwargs, message", [
