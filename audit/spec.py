@@ -12,11 +12,11 @@ import math
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
 from audit.check import DEFAULT_CONFIDENCE
 from audit.errors import SpecError, did_you_mean, env_limit
+from audit.yamlio import load_yaml, yaml_path
 
 RESERVED_CHECK_KEYS = ("id", "check", "data", "clause", "thresholds", "confidence")
 MAX_IMAGE_SIDE = 8192  # image_size: refused before any allocation
@@ -201,44 +201,6 @@ class AuditSpec(_Strict):
         return p if p.is_absolute() else (self.base_dir / p)
 
 
-# ---------------------------------------------------------------------------------------
-class _UniqueKeyLoader(yaml.SafeLoader):
-    """SafeLoader that rejects duplicate mapping keys (PyYAML silently keeps the last)."""
-
-
-def _construct_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode, deep: bool = False) -> dict:
-    seen: dict[Any, Any] = {}
-    for key_node, _ in node.value:
-        key = loader.construct_object(key_node, deep=deep)
-        if key in seen:
-            raise yaml.constructor.ConstructorError(
-                None, None, f"duplicate key {key!r}", key_node.start_mark)
-        seen[key] = True
-    return yaml.SafeLoader.construct_mapping(loader, node, deep=deep)
-
-
-_UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
-
-if getattr(yaml, "__with_libyaml__", False):
-    class _FastUniqueKeyLoader(yaml.CSafeLoader):
-        """The same loader on libyaml's parser: composing a large document is ~8x faster."""
-
-    _FastUniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
-    _SPEC_LOADER: type = _FastUniqueKeyLoader
-else:  # pragma: no cover - PyYAML built without libyaml
-    _SPEC_LOADER = _UniqueKeyLoader
-
-
-def yaml_path(loc: tuple[Any, ...]) -> str:
-    out = ""
-    for part in loc:
-        if isinstance(part, int):
-            out += f"[{part}]"
-        else:
-            out += ("." if out else "") + str(part)
-    return out or "<top>"
-
-
 # Resource limits, checked before anything is allocated for the spec's content: a spec is
 # a page of YAML, so these are far above any real one (both can be raised by env var).
 MAX_SPEC_BYTES = int(env_limit("AUDIT_MAX_SPEC_BYTES", 1024 * 1024))
@@ -266,58 +228,10 @@ def load_spec(path: str | Path, *, check_registry: bool = True) -> AuditSpec:
     except UnicodeDecodeError as exc:
         raise SpecError(f"the spec is not UTF-8 text (invalid byte 0x{raw_bytes[exc.start]:02x} at offset "
                         f"{exc.start}); save it as UTF-8", where=str(path)) from None
-    raw = _load_yaml(text, str(path))
+    raw = load_yaml(text, str(path), max_nodes=MAX_SPEC_NODES, what="the spec",
+                    limit_var="AUDIT_MAX_SPEC_NODES")
     return parse_spec(raw, source=str(path), base_dir=path.resolve().parent,
                       sha256=hashlib.sha256(raw_bytes).hexdigest(), check_registry=check_registry)
-
-
-def _load_yaml(text: str, source: str) -> Any:
-    """Safe YAML, duplicate keys refused, and the expanded size bounded before the document
-    is constructed (aliases are counted as often as they are used)."""
-    loader = _SPEC_LOADER(text)
-    try:
-        node = loader.get_single_node()
-        if node is not None:
-            _check_expansion(node, source)
-        return loader.construct_document(node) if node is not None else None
-    except yaml.YAMLError as exc:
-        raise SpecError(f"invalid YAML: {exc}".replace("\n", " "), where=source) from None
-    except RecursionError:
-        raise SpecError("invalid YAML: nested too deeply", where=source) from None
-    finally:
-        loader.dispose()
-
-
-def _check_expansion(root: yaml.Node, source: str) -> None:
-    """Refuse a document whose tree, aliases expanded, has more than MAX_SPEC_NODES nodes,
-    or whose aliases loop. Iterative with a memo, so the check itself is linear in the
-    composed graph and uses no recursion."""
-    size: dict[int, int] = {}
-    on_path: set[int] = set()
-    stack: list[tuple[yaml.Node, bool]] = [(root, False)]
-    while stack:
-        node, done = stack.pop()
-        key = id(node)
-        children: list[yaml.Node] = []
-        if isinstance(node, yaml.SequenceNode):
-            children = list(node.value)
-        elif isinstance(node, yaml.MappingNode):
-            children = [n for pair in node.value for n in pair]
-        if done:
-            on_path.discard(key)
-            size[key] = 1 + sum(size[id(c)] for c in children)
-            if size[key] > MAX_SPEC_NODES:
-                raise SpecError(f"the spec expands to more than {MAX_SPEC_NODES:,} YAML nodes (aliases counted "
-                                f"each time they are used; AUDIT_MAX_SPEC_NODES): refused before loading it",
-                                where=source)
-            continue
-        if key in size:
-            continue
-        if key in on_path:
-            raise SpecError("invalid YAML: an alias refers to a node that contains it", where=source)
-        on_path.add(key)
-        stack.append((node, True))
-        stack.extend((c, False) for c in children if id(c) not in size)
 
 
 def parse_spec(raw: Any, *, source: str = "<memory>", base_dir: Path = Path("."), sha256: str = "",

@@ -43,15 +43,15 @@ import ast
 import dataclasses
 import hashlib
 import importlib.util
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
 from audit.errors import SpecError, did_you_mean
+from audit.yamlio import load_yaml, yaml_path
 
 __all__ = ["COVERAGE", "PROFILE_SCHEMA", "RECORDS", "Clause", "EvidenceItem", "Profile", "attach_standards",
            "builtin_names", "coverage", "load_profile", "parse_profile", "select_profiles"]
@@ -68,6 +68,7 @@ ALIASES: dict[str, tuple[str, ...]] = {
     "eu-ai-act": ("eu-ai-act-art10", "eu-ai-act-art15", "eu-ai-act-annex-iv"),
 }
 MAX_PROFILE_BYTES = 1 << 20
+MAX_PROFILE_NODES = 100_000  # a profile lists a few dozen clauses
 MAX_TITLE = 120  # "a short title in our own words": long enough for a summary, too short for a quote
 _PROFILE_DIR = "profiles"
 # Check statuses that are evidence (a skipped or errored check measured nothing).
@@ -150,40 +151,6 @@ class Profile(_Strict):
 # --------------------------------------------------------------------------- YAML
 
 
-class _ProfileLoader(yaml.SafeLoader):
-    """SafeLoader that rejects duplicate keys and aliases (a profile needs neither)."""
-
-    def compose_node(self, parent: Any, index: Any) -> Any:  # noqa: D102
-        if self.check_event(yaml.AliasEvent):
-            event = self.peek_event()
-            raise yaml.composer.ComposerError(None, None, "aliases (*name) are not allowed in a profile",
-                                              event.start_mark)
-        return super().compose_node(parent, index)
-
-
-def _construct_mapping(loader: _ProfileLoader, node: yaml.MappingNode, deep: bool = False) -> dict:
-    seen: set[Any] = set()
-    for key_node, _ in node.value:
-        key = loader.construct_object(key_node, deep=deep)
-        if key in seen:
-            raise yaml.constructor.ConstructorError(None, None, f"duplicate key {key!r}", key_node.start_mark)
-        seen.add(key)
-    return yaml.SafeLoader.construct_mapping(loader, node, deep=deep)
-
-
-_ProfileLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
-
-
-def _yaml_path(loc: Iterable[Any]) -> str:
-    out = ""
-    for part in loc:
-        if isinstance(part, int):
-            out += f"[{part}]"
-        else:
-            out += ("." if out else "") + str(part)
-    return out or "<top>"
-
-
 # --------------------------------------------------------------------------- loading
 
 
@@ -226,9 +193,13 @@ def load_profile(ref: str | Path, *, base_dir: Path | None = None, check_registr
 def _parse_bytes(data: bytes, source: str, check_registry: bool, selected_at: str | None) -> Profile:
     tail = f" (profile selected at {selected_at})" if selected_at else ""
     try:
-        raw = yaml.load(data.decode("utf-8"), Loader=_ProfileLoader)  # noqa: S506 - SafeLoader subclass
-    except (yaml.YAMLError, UnicodeDecodeError) as exc:
-        raise SpecError(f"invalid YAML: {exc}".replace("\n", " ") + tail, where=source) from None
+        raw = load_yaml(data.decode("utf-8"), source, max_nodes=MAX_PROFILE_NODES, what="a profile", aliases=False)
+    except UnicodeDecodeError as exc:
+        raise SpecError(f"the profile is not UTF-8 text ({exc.reason})" + tail, where=source) from None
+    except SpecError as exc:
+        if not tail:
+            raise
+        raise SpecError(str(exc.args[0]).removeprefix(f"{exc.where}: ") + tail, where=exc.where) from None
     try:
         profile = parse_profile(raw, source=source, check_registry=check_registry)
     except SpecError as exc:
@@ -284,7 +255,7 @@ def _profile_error(exc: ValidationError, source: str) -> SpecError:
         msg = f"unknown record '{err.get('input')}'.{did_you_mean(str(err.get('input')), RECORDS)}"
     elif err["type"] == "literal_error" and loc and loc[-1] == "schema":
         msg = f"unknown profile schema '{err.get('input')}' (this suite reads {PROFILE_SCHEMA})"
-    return SpecError(msg, where=f"{source}: {_yaml_path(loc)}")
+    return SpecError(msg, where=f"{source}: {yaml_path(loc)}")
 
 
 def _check_names(profile: Profile, source: str) -> None:
