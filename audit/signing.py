@@ -38,13 +38,13 @@ import io
 import json
 import logging
 import os
-import tempfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from audit.errors import AuditInputError
+from audit.outputs import atomic_write_bytes
 
 __all__ = ["MANIFEST", "MANIFEST_SCHEMA", "SIGNATURE", "SIGNED_FILES", "Finding", "Verification",
            "make_throwaway_identity", "read_identity", "sign_report", "verify_report"]
@@ -73,21 +73,6 @@ def sha256_file(path: Path) -> str:
         for block in iter(lambda: fh.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
 
 
 @contextlib.contextmanager
@@ -275,9 +260,9 @@ def sign_report(folder: str | Path, key: str | Path, cert: str | Path, *, spec: 
     manifest_bytes = (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode("utf-8")
     signature = _sign_cms(manifest_bytes, identity)
     if "report.pdf" in contents:
-        _atomic_write(folder / "report.pdf", contents["report.pdf"])
-    _atomic_write(folder / MANIFEST, manifest_bytes)
-    _atomic_write(folder / SIGNATURE, signature)
+        atomic_write_bytes(folder / "report.pdf", contents["report.pdf"])
+    atomic_write_bytes(folder / MANIFEST, manifest_bytes)
+    atomic_write_bytes(folder / SIGNATURE, signature)
     return manifest
 
 

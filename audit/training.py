@@ -41,8 +41,8 @@ import torch.nn.functional as F
 from audit import zoo
 from audit.dataset import Dataset, LoadedModel
 from audit.errors import AuditInputError, DataError, ModelError
+from audit.outputs import atomic_write_bytes
 from audit.spec import AuditSpec, TrainSpec
-
 
 log = logging.getLogger("audit.training")
 RECIPE_FORMAT = "audit-model/1"
@@ -540,18 +540,6 @@ def recipe_path(weights: Path) -> Path:
     return weights.with_suffix(".json")
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def check_save_path(path: Path) -> None:
     """Raise AuditInputError (naming the path) when `model.save` cannot be written there."""
     path = Path(path)
@@ -587,8 +575,8 @@ def save_model(loaded: LoadedModel, path: str | Path, tokenizer: dict[str, Any] 
         "tokenizer": tokenizer, "model_sha256": sha, "training": record,
     }
     try:
-        _atomic_write(path, weights)
-        _atomic_write(recipe_path(path), json.dumps(recipe, indent=2, sort_keys=True).encode())
+        atomic_write_bytes(path, weights)
+        atomic_write_bytes(recipe_path(path), json.dumps(recipe, indent=2, sort_keys=True).encode())
     except OSError as exc:  # a read-only folder, a full disk: name the path, exit 2
         reason = exc.strerror or str(exc) or type(exc).__name__
         raise AuditInputError(f"cannot save the trained model to {path}: {reason}", where="model.save") from None

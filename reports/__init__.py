@@ -18,12 +18,11 @@ from `results.json` alone.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+from audit.outputs import atomic_write_bytes
 from audit.results import jsonable
 
 __all__ = ["FORMATS", "atomic_write_bytes", "atomic_write_text", "diff_results", "format_diff",
@@ -56,27 +55,6 @@ def format_diff(rows: list[dict[str, Any]], *, old: Mapping[str, Any] | None = N
     from reports.diff import format_diff as _format
 
     return _format(rows, old=old, new=new)
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write `data` to `path` through a temporary file in the same folder and
-    os.replace, so `path` is either the old file or the complete new one."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
 
 
 def atomic_write_text(path: Path, text: str) -> None:
