@@ -138,6 +138,14 @@ def _deterministic(device: torch.device) -> Iterator[None]:
         det.fill_uninitialized_memory = before_fill
 
 
+def make_optimizer(train: TrainSpec, module: torch.nn.Module) -> torch.optim.Optimizer:
+    """The recipe's optimizer: AdamW, or SGD with Nesterov momentum 0.9."""
+    if train.optimizer == "adamw":
+        return torch.optim.AdamW(module.parameters(), lr=train.lr, weight_decay=train.weight_decay)
+    return torch.optim.SGD(module.parameters(), lr=train.lr, momentum=0.9, nesterov=True,
+                           weight_decay=train.weight_decay)
+
+
 def _batches(n: int, batch_size: int) -> list[tuple[int, int]]:
     spans = [(s, min(s + batch_size, n)) for s in range(0, n, batch_size)]
     # a last batch of one sample breaks BatchNorm in training mode; it joins the next epoch's shuffle
@@ -190,12 +198,7 @@ def fit(ds: Dataset, train: TrainSpec, *, device: torch.device | str = "cpu", se
         spans = _batches(len(y_tr), train.batch_size)
         steps = train.epochs * len(spans)
 
-        if train.optimizer == "adamw":
-            opt: torch.optim.Optimizer = torch.optim.AdamW(module.parameters(), lr=train.lr,
-                                                           weight_decay=train.weight_decay)
-        else:
-            opt = torch.optim.SGD(module.parameters(), lr=train.lr, momentum=0.9, nesterov=True,
-                                  weight_decay=train.weight_decay)
+        opt = make_optimizer(train, module)
         sched = (torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps)
                  if train.scheduler == "cosine" else None)
         # fp16 needs loss scaling; bf16 has fp32's range and does not
@@ -367,12 +370,7 @@ def fit_private(ds: Dataset, train: TrainSpec, factory: Callable[[], torch.nn.Mo
         y_va = torch.from_numpy(ds.y[va_idx].astype(np.int64)).to(device)
         loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x_tr, y_tr), batch_size=train.batch_size,
                                              generator=torch.Generator().manual_seed(seed))
-        if train.optimizer == "adamw":
-            opt: torch.optim.Optimizer = torch.optim.AdamW(module.parameters(), lr=train.lr,
-                                                           weight_decay=train.weight_decay)
-        else:
-            opt = torch.optim.SGD(module.parameters(), lr=train.lr, momentum=0.9, nesterov=True,
-                                  weight_decay=train.weight_decay)
+        opt = make_optimizer(train, module)
         engine = PrivacyEngine(accountant="rdp")
         noise_gen = torch.Generator(device=device).manual_seed(seed)
         try:
