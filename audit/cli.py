@@ -54,6 +54,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("spec", type=Path)
     run.add_argument("--device", help="override the spec's device (auto, cpu, cuda, cuda:N)")
     run.add_argument("--strict", action="store_true", help="warnings make the audit non-compliant (exit 1)")
+    run.add_argument("--mlflow", nargs="?", const="./mlruns", default=None, metavar="TRACKING_URI",
+                     help="also log the audit as one MLflow run (default tracking URI: ./mlruns)")
     common(run)
 
     demo = sub.add_parser("demo", help="run a built-in demo spec on the embedded fixtures")
@@ -148,6 +150,11 @@ def cmd_run(args: argparse.Namespace, spec_path: Path | None = None) -> int:
     from audit.runner import run_audit
     from audit.spec import load_spec
 
+    mlflow_uri = getattr(args, "mlflow", None)
+    if mlflow_uri is not None:
+        from audit.mlflow_log import require_mlflow
+
+        require_mlflow()
     spec = load_spec(spec_path or args.spec)
     if not args.quiet:
         err.print(f"[bold]{escape(spec.name)}[/] — {len(spec.checks)} checks", markup=True)
@@ -155,6 +162,12 @@ def cmd_run(args: argparse.Namespace, spec_path: Path | None = None) -> int:
         results = run_audit(spec, device=args.device, progress=progress,
                             on_check=None if args.quiet else _print_check).to_json()
     paths = _write(results, args.out, args.format, args.quiet)
+    if mlflow_uri is not None:  # after the report: a broken tracking URI is one error (exit 2)
+        from audit.mlflow_log import log_audit
+
+        run_id = log_audit(results, paths, mlflow_uri)
+        if not args.quiet:
+            err.print(f"MLflow run {run_id} at {mlflow_uri}", markup=False, soft_wrap=True)
     code = exit_code(results, strict=args.strict)
     if not args.quiet:
         for line in verdict_lines(results):
