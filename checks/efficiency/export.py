@@ -308,12 +308,18 @@ class Export(Check):
     @staticmethod
     def _time(ctx, params: ExportParams, fp32: nn.Module, runtime: Callable[[np.ndarray], np.ndarray],
               x_all: np.ndarray) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+        """Seconds per call of each runtime, the timed calls interleaved (PyTorch, ONNX
+        Runtime, PyTorch, ...) so that both meet the same machine load."""
         out = {}
         for bs in params.batch_sizes:
             xb = np.ascontiguousarray(x_all[np.arange(bs) % len(x_all)])
-            t_pt = ctx.time_calls(fp32, torch.as_tensor(xb), warmup=params.warmup, repeats=params.repeats,
-                                  precision="float32")
-            t_ort = ctx.time_calls(runtime, xb, warmup=params.warmup, repeats=params.repeats)
+            xt = torch.as_tensor(xb)
+            ctx.time_calls(fp32, xt, warmup=params.warmup, repeats=0, precision="float32")
+            ctx.time_calls(runtime, xb, warmup=params.warmup, repeats=0)
+            t_pt, t_ort = np.empty(params.repeats), np.empty(params.repeats)
+            for i in range(params.repeats):
+                t_pt[i] = ctx.time_calls(fp32, xt, warmup=0, repeats=1, precision="float32")[0]
+                t_ort[i] = ctx.time_calls(runtime, xb, warmup=0, repeats=1)[0]
             out[bs] = (t_pt, t_ort)
         return out
 
@@ -331,8 +337,8 @@ class Export(Check):
         for bs, (t_pt, t_ort) in timings.items():
             ms_pt, ms_ort = t_pt * 1000, t_ort * 1000
             s = ratio_of_medians(t_pt, t_ort, params.confidence, rng)
-            lat_rows.append([bs, round(float(np.median(ms_pt)), 4), round(float(np.median(ms_ort)), 4),
-                             cell(s.value, s.ci)])
+            lat_rows.append([bs, round(float(np.median(ms_pt)), 4), _spread(ms_pt), round(float(np.median(ms_ort)), 4),
+                             _spread(ms_ort), cell(s.value, s.ci)])
             for name, ms in (("PyTorch", ms_pt), ("ONNX Runtime", ms_ort)):
                 ci = _median_ci(ms, params.confidence, rng)
                 labels.append(f"bs {bs} {name}")
@@ -343,11 +349,13 @@ class Export(Check):
         return [
             table("ONNX Runtime vs PyTorch", ["", "value"], rows,
                   note=f"{len(idx):,} rows of '{params.data}'; PyTorch: the audited model in float32 on the CPU."),
-            table("Latency on the CPU (float32)", ["batch size", "PyTorch median ms", "ONNX Runtime median ms",
-                                                   "speedup"], lat_rows,
-                  note=f"{params.repeats} timed calls after {params.warmup} warm-up calls per runtime and batch "
-                       f"size; {torch.get_num_threads()} intra-op threads for both. Speedup: PyTorch median over "
-                       f"ONNX Runtime median, bootstrap CI."),
+            table("Latency on the CPU (float32)", ["batch size", "PyTorch median ms", "PyTorch p10-p90 ms",
+                                                   "ONNX Runtime median ms", "ONNX Runtime p10-p90 ms", "speedup"],
+                  lat_rows,
+                  note=f"{params.repeats} timed calls per runtime and batch size, interleaved so that both meet "
+                       f"the same machine load, after {params.warmup} warm-up calls each; "
+                       f"{torch.get_num_threads()} intra-op threads for both. Speedup: PyTorch median over ONNX "
+                       f"Runtime median, bootstrap CI. A wide p10-p90 range means a busy machine."),
             chart("bar", "Median call latency", {"labels": labels, "values": values, "ci_lo": lo, "ci_hi": hi,
                                                  "title": "PyTorch vs ONNX Runtime (CPU)", "ylabel": "ms"},
                   caption="Median call latency per batch size with bootstrap CIs."),
@@ -356,6 +364,11 @@ class Export(Check):
                            f"dynamic batch axis, {'opset ' + str(params.opset) if params.opset else 'default opset'}"
                            f"; {size / 1e6:.3f} MB; ONNX Runtime CPUExecutionProvider. {_versions()}.{fallback}"),
         ]
+
+
+def _spread(ms: np.ndarray) -> str:
+    lo, hi = np.percentile(ms, [10, 90])
+    return f"{lo:.4g}-{hi:.4g}"
 
 
 def _median_ci(values: np.ndarray, confidence: float, rng: np.random.Generator) -> tuple[float, float] | None:
