@@ -5,7 +5,8 @@ It loads the model and datasets once, holds device and seed, and caches per data
 check shares one forward pass per sample. Every pass of every module a check runs — the
 audited model, a quantized copy, a retrained twin, an exported runtime — goes through a
 counted call here (`run_model`, `forward`, `time_calls`, `counting`), and ends up in
-`forward_samples` / `backward_samples`.
+`forward_samples` / `backward_samples`. Penultimate-layer activations (`embeddings`) are
+taken by a hook during the same cached pass as the logits.
 
 Loaders do not see the Context: they take the spec entry and a `get_dataset` callable,
 so data and model loading never call back into it.

@@ -54,6 +54,7 @@ from audit.registry import register_check
 from audit.stats import from_draws, resample_weights
 
 PSI_LEVEL = 0.1  # Evidently's default PSI drift threshold
+MAX_ROWS, MAX_BARS = 60, 40  # evidence size: table rows, bars of a chart
 
 
 class DriftParams(Params):
@@ -471,7 +472,7 @@ class Drift(Check):
                   note=f"{how}. Labels are not used. {share_of} drifted (Bonferroni-adjusted p < {alpha:g})."),
         ]
         if feat_rows:
-            ordered = sorted(feat_rows, key=lambda r: (r["p"], r["feature"]))
+            ordered = sorted(feat_rows, key=lambda r: (r["p"], r["feature"]))[:MAX_ROWS]
             evidence.append(table(
                 "Per-feature drift", ["feature", "type", "test", "statistic", "p-value", "adjusted p", "PSI",
                                       "shift", f"drift at {alpha:g}"],
@@ -479,8 +480,11 @@ class Drift(Check):
                   round(r["psi"], 4), f"{r['shift']:+.3f} ({r['shift_unit']})" if r["type"] == "continuous"
                   else f"{r['shift']:.3f} ({r['shift_unit']})", "yes" if r["p_adj"] < alpha else "no"]
                  for r in ordered],
-                note=f"Adjusted p: Bonferroni over {len(feat_rows)} features. PSI binned as Evidently bins it; "
-                     f"PSI above {PSI_LEVEL:g} is Evidently's default drift level."))
+                note=f"Adjusted p: Bonferroni over {len(feat_rows)} features"
+                     + (f"; the {MAX_ROWS} with the smallest p-values shown" if len(feat_rows) > MAX_ROWS else "")
+                     + f". PSI binned as Evidently bins it; PSI above {PSI_LEVEL:g} is Evidently's default drift "
+                       "level."))
+        if feat_rows and len(feat_rows) <= MAX_BARS:
             evidence.append(chart("bar", "PSI per feature", {
                 "labels": [r["feature"] for r in feat_rows], "values": [r["psi"] for r in feat_rows],
                 "title": "Population stability index", "ylabel": "PSI", "threshold": PSI_LEVEL,
@@ -490,7 +494,7 @@ class Drift(Check):
         bbsd = tests[0].per_dim
         classes = list(ref_ds.classes)
         names = classes[1:] if ref.proba.shape[1] == 2 else classes
-        if bbsd["stat"].size == len(names):
+        if bbsd["stat"].size == len(names) and len(names) <= MAX_BARS:
             evidence.append(chart("bar", "BBSD: KS statistic per class probability", {
                 "labels": names, "values": bbsd["stat"].tolist(), "title": "Shift of the softmax outputs",
                 "ylabel": "KS statistic",
