@@ -36,7 +36,9 @@ import copy
 import importlib.util
 import io
 import logging
+import os
 import re
+import sys
 import tempfile
 import warnings
 from collections.abc import Callable, Iterator
@@ -115,13 +117,40 @@ def _quiet() -> Iterator[None]:
     logger = logging.getLogger("torch.onnx")
     level = logger.level
     logger.setLevel(logging.ERROR)
+    # the classic exporter switches on the JIT's ONNX log (C++, straight to file descriptor 2,
+    # the whole graph on a failure) and leaves it on
+    jit_log = torch._C._jit_is_onnx_log_enabled()
     sink = io.StringIO()
     try:
-        with warnings.catch_warnings(), contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink):
+        with warnings.catch_warnings(), contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink), \
+                _silenced_descriptors():
             warnings.simplefilter("ignore")
             yield
     finally:
         logger.setLevel(level)
+        torch._C._jit_set_onnx_log_enabled(jit_log)
+
+
+@contextlib.contextmanager
+def _silenced_descriptors() -> Iterator[None]:
+    """File descriptors 1 and 2 into a scratch file: output written by C++ code."""
+    try:
+        saved = [os.dup(fd) for fd in (1, 2)]
+    except OSError:  # no standard descriptors to silence
+        yield
+        return
+    with tempfile.TemporaryFile() as scratch:
+        for stream in (sys.__stdout__, sys.__stderr__):
+            if stream is not None:
+                stream.flush()
+        for fd in (1, 2):
+            os.dup2(scratch.fileno(), fd)
+        try:
+            yield
+        finally:
+            for fd, old in zip((1, 2), saved):
+                os.dup2(old, fd)
+                os.close(old)
 
 
 @contextlib.contextmanager
