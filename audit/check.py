@@ -18,6 +18,9 @@ Optional hooks (classmethods, all no-ops by default):
   `validate_params(params, spec)`  spec-level rules that need no data; raise ValueError.
   `preflight(ctx, params)`         cheap checks on loaded data before any check runs;
                                    raise an AuditInputError (exit 2) naming the problem.
+  `embedding_datasets(params)`     the datasets whose penultimate-layer embeddings the
+                                   check will ask for (`ctx.embeddings`), so the Context
+                                   takes them during the shared prediction pass.
 
 A check runs every model only through the Context (`ctx.logits`, `ctx.run_model`,
 `ctx.forward`, ...), which counts each pass. Evidence is data (see below); the report
@@ -160,6 +163,12 @@ class Check(abc.ABC):
     def preflight(cls, ctx: Context, params: Any) -> None:
         """Cheap checks on the loaded data before any check runs, so that a bad input
         stops the audit with exit 2 instead of erroring one check. Raise AuditInputError."""
+
+    @classmethod
+    def embedding_datasets(cls, params: Any) -> tuple[str, ...]:
+        """Datasets whose embeddings `run` will ask for: the Context captures them during
+        the cached prediction pass instead of a second pass."""
+        return ()
 
     @abc.abstractmethod
     def run(self, ctx: Context, params: Any) -> Measurement:

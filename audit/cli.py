@@ -95,6 +95,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("spec", type=Path)
     run.add_argument("--device", type=_device, help="override the spec's device (auto, cpu, cuda, cuda:N, mps)")
     run.add_argument("--strict", action="store_true", help="warnings make the audit non-compliant (exit 1)")
+    run.add_argument("--mlflow", nargs="?", const="./mlruns", default=None, metavar="TRACKING_URI",
+                     help="also log the audit as one MLflow run (default tracking URI: ./mlruns)")
     common(run)
     add_sign_options(run)
 
@@ -249,6 +251,11 @@ def cmd_run(args: argparse.Namespace, spec_path: Path | None = None) -> int:
     from audit.runner import run_audit
     from audit.spec import load_spec
 
+    mlflow_uri = getattr(args, "mlflow", None)
+    if mlflow_uri is not None:
+        from audit.mlflow_log import require_mlflow
+
+        require_mlflow()
     spec = load_spec(spec_path or args.spec)
     # refuse before the audit runs, not after: a taken or unwritable folder is known now
     check_target(args.out, force=args.force)
@@ -268,6 +275,12 @@ def cmd_run(args: argparse.Namespace, spec_path: Path | None = None) -> int:
                    force=args.force)
     if signing:
         signing.sign(args.out, spec_path or args.spec, args.quiet)
+    if mlflow_uri is not None:  # after the report: a broken tracking URI is one error (exit 2)
+        from audit.mlflow_log import log_audit
+
+        run_id = log_audit(results, paths, mlflow_uri)
+        if not args.quiet:
+            err.print(f"MLflow run {run_id} at {mlflow_uri}", markup=False, soft_wrap=True)
     code = exit_code(results, strict=args.strict)
     if not args.quiet:
         for line in verdict_lines(results):

@@ -5,7 +5,8 @@ It loads the model and datasets once, holds device and seed, and caches per data
 check shares one forward pass per sample. Every pass of every module a check runs — the
 audited model, a quantized copy, a retrained twin, an exported runtime — goes through a
 counted call here (`run_model`, `forward`, `time_calls`, `counting`), and ends up in
-`forward_samples` / `backward_samples`.
+`forward_samples` / `backward_samples`. Penultimate-layer activations (`embeddings`) are
+taken by a hook during the same cached pass as the logits.
 
 Loaders do not see the Context: they take the spec entry and a `get_dataset` callable,
 so data and model loading never call back into it.
@@ -95,6 +96,8 @@ class Context:
         self._data = DatasetStore(spec, timings=self.timings)
         self._model: LoadedModel | None = None
         self._logits: dict[str, np.ndarray] = {}
+        self._embeddings: dict[str, np.ndarray | None] = {}
+        self._embedding_roles: set[str] | None = None
         self._derived: dict[tuple[str, str], np.ndarray] = {}
         self._memo: dict[tuple[Any, ...], Any] = {}
 
@@ -285,23 +288,61 @@ class Context:
 
     def logits(self, name: str) -> np.ndarray:
         if name not in self._logits:
-            ds = self.dataset(name)
-            try:
-                out = self.infer(ds.x, what=f"Predicting '{name}' ({len(ds):,} samples)")
-            except ModelError:
-                raise
-            except (RuntimeError, ValueError, IndexError, TypeError) as exc:
-                # a shape or dtype mismatch surfaces in the first batch: one clear message
-                first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-                raise ModelError(f"the model cannot take dataset '{name}' (input shape "
-                                 f"{tuple(ds.x.shape[1:])}, dtype {ds.x.dtype}): {first}") from None
-            except Exception as exc:  # noqa: BLE001 - the model's own code raised: its error, in one line
-                first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-                raise ModelError(f"the model raised {type(exc).__name__} on dataset '{name}'"
-                                 + (f": {first}" if first else "")) from None
-            self._validate_output(ds, out)
-            self._logits[name] = out
+            self._predict(name, capture=self._embedding_wanted(name))
         return self._logits[name]
+
+    def _predict(self, name: str, *, capture: bool) -> None:
+        """The cached pass over dataset `name`; with `capture`, the penultimate-layer
+        activations are taken from the same pass (see `embeddings`)."""
+        ds = self.dataset(name)
+        try:
+            with _capture_head(self.model.module, ds.n_classes, enabled=capture) as grab:
+                out = self.infer(ds.x, what=f"Predicting '{name}' ({len(ds):,} samples)")
+        except ModelError:
+            raise
+        except (RuntimeError, ValueError, IndexError, TypeError) as exc:
+            # a shape or dtype mismatch surfaces in the first batch: one clear message
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise ModelError(f"the model cannot take dataset '{name}' (input shape "
+                             f"{tuple(ds.x.shape[1:])}, dtype {ds.x.dtype}): {first}") from None
+        except Exception as exc:  # noqa: BLE001 - the model's own code raised: its error, in one line
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+            raise ModelError(f"the model raised {type(exc).__name__} on dataset '{name}'"
+                             + (f": {first}" if first else "")) from None
+        self._validate_output(ds, out)
+        self._logits[name] = out
+        if capture:
+            self._embeddings[name] = grab.result(len(ds))
+
+    def embeddings(self, name: str) -> np.ndarray | None:
+        """(N, D) float32 penultimate-layer activations of dataset `name`: the input of the
+        model's output layer (the last `nn.Linear` to run whose width is the number of
+        outputs), pooled over any token axes; None when the model has no such layer or
+        takes no hooks (TorchScript). Taken by a forward hook during the dataset's cached
+        logits pass when that pass has not run yet, or when a check of the spec declared
+        it in advance (the hook `Check.embedding_datasets(params)`);
+        otherwise one more counted pass."""
+        if name not in self._embeddings:
+            if name not in self._logits:
+                self._predict(name, capture=True)
+            else:
+                ds = self.dataset(name)
+                with _capture_head(self.model.module, ds.n_classes) as grab:
+                    self.infer(ds.x, what=f"Embedding '{name}' ({len(ds):,} samples)")
+                self._embeddings[name] = grab.result(len(ds))
+        return self._embeddings[name]
+
+    def _embedding_wanted(self, name: str) -> bool:
+        if self._embedding_roles is None:
+            from audit.registry import registry
+
+            roles: set[str] = set()
+            for entry in self.spec.checks:
+                if entry._typed is None:
+                    continue
+                roles.update(registry.get(entry.check).embedding_datasets(entry.typed_params))
+            self._embedding_roles = roles
+        return name in self._embedding_roles
 
     def _derive(self, what: str, name: str, make: Callable[[], np.ndarray]) -> np.ndarray:
         key = (what, name)
@@ -382,6 +423,53 @@ class _Counting(torch.nn.Module):
             ctx = self._ctx
             out.register_hook(lambda g: ctx.count_backward(n))
         return out
+
+
+class _HeadCapture:
+    """Collects, per top-level forward call, the input of the last output layer that ran."""
+
+    def __init__(self) -> None:
+        self.last: torch.Tensor | None = None
+        self.parts: list[torch.Tensor] = []
+        self.available = False
+
+    def result(self, n: int) -> np.ndarray | None:
+        if not self.available or not self.parts:
+            return None
+        out = torch.cat(self.parts).float().cpu().numpy()
+        return out if out.shape[0] == n else None
+
+
+@contextlib.contextmanager
+def _capture_head(module: torch.nn.Module, n_classes: int, *, enabled: bool = True) -> Iterator[_HeadCapture]:
+    """Forward hooks that take the penultimate activations of `module`: the input of the
+    last `nn.Linear` with one output per class (or one, for a binary sigmoid head) that
+    runs in each forward call."""
+    grab = _HeadCapture()
+    widths = {n_classes} | ({1} if n_classes == 2 else set())
+    heads = [m for m in module.modules() if isinstance(m, torch.nn.Linear) and m.out_features in widths] \
+        if enabled and not isinstance(module, torch.jit.ScriptModule) else []
+    if not heads:
+        yield grab
+        return
+
+    def take(mod: torch.nn.Module, args: tuple, out: Any) -> None:
+        h = args[0].detach()
+        grab.last = h if h.ndim <= 2 else h.mean(dim=tuple(range(1, h.ndim - 1)))
+
+    def collect(mod: torch.nn.Module, args: tuple, out: Any) -> None:
+        if grab.last is not None:
+            grab.parts.append(grab.last.reshape(grab.last.shape[0], -1))
+        grab.last = None
+
+    handles = [m.register_forward_hook(take) for m in heads]
+    handles.append(module.register_forward_hook(collect))
+    grab.available = True
+    try:
+        yield grab
+    finally:
+        for h in handles:
+            h.remove()
 
 
 def _prepared(model: LoadedModel, device: torch.device) -> LoadedModel:

@@ -40,7 +40,9 @@ AREAS: tuple[tuple[str, str, str], ...] = (
     ("privacy", "Privacy",
      "Risk that an attacker can tell whether a record was in the training data."),
     ("deployment", "Deployment",
-     "Latency, throughput, model size and the impact of quantization."),
+     "Latency, throughput, model size and the impact of quantization and pruning; whether the "
+     "exported model that will be served (ONNX Runtime) answers like the audited one; and "
+     "monitoring: whether current, unlabelled data has drifted from the reference."),
 )
 AREA_KEYS = tuple(key for key, _, _ in AREAS)
 

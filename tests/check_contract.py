@@ -47,6 +47,9 @@ FAST: dict[str, dict[str, Any]] = {
     "training.reproducibility": {"repeats": 1},
     "privacy.membership_inference": {},
     "fairness.group": {"min_group_size": 10},
+    "shift.drift": {"current": "shifted", "permutations": 50},
+    "efficiency.export": {"exporter": "classic", "repeats": 5, "warmup": 1, "batch_sizes": [1, 8]},
+    "efficiency.pruning": {"sparsities": [0.3, 0.6]},
 }
 
 N, CLASSES = 48, ["a", "b", "c"]
@@ -115,8 +118,10 @@ def _spec(cls: type[Check]) -> Any:
 @contextmanager
 def _observed_passes() -> Iterator[dict[str, int]]:
     """Samples through the outermost call of any torch module (forward), and gradients
-    flowing back through those outputs (backward), seen by global module hooks: what
-    the check really ran, to hold against what the Context counted."""
+    flowing back through those outputs (backward), seen by global module hooks, plus the
+    rows of every ONNX Runtime session run: what the check really ran, to hold against
+    what the Context counted. A trace with fake tensors (torch.export, the dynamo ONNX
+    exporter) computes nothing and is not a pass."""
     seen = {"forward_samples": 0, "backward_samples": 0}
     depth = [0]
 
@@ -124,12 +129,17 @@ def _observed_passes() -> Iterator[dict[str, int]]:
         # quantization observers are modules that measure weights, not models
         return type(module).__module__.startswith("torch.ao.quantization.")
 
+    def traced(x: torch.Tensor) -> bool:
+        return type(x).__name__ in ("FakeTensor", "FunctionalTensor") or (
+            x.ndim > 0 and isinstance(x.shape[0], torch.SymInt))
+
     def pre(module: nn.Module, args: tuple) -> None:
         depth[0] += 1
 
     def post(module: nn.Module, args: tuple, out: Any) -> None:
         depth[0] -= 1
-        if depth[0] == 0 and not tool(module) and args and isinstance(args[0], torch.Tensor):
+        if depth[0] == 0 and not tool(module) and args and isinstance(args[0], torch.Tensor) \
+                and not traced(args[0]):
             n = int(args[0].shape[0])
             seen["forward_samples"] += n
             if isinstance(out, torch.Tensor) and out.requires_grad:
@@ -137,11 +147,33 @@ def _observed_passes() -> Iterator[dict[str, int]]:
 
     h1 = nn.modules.module.register_module_forward_pre_hook(pre)
     h2 = nn.modules.module.register_module_forward_hook(post)
+    with _observed_onnxruntime(seen):
+        try:
+            yield seen
+        finally:
+            h1.remove()
+            h2.remove()
+
+
+@contextmanager
+def _observed_onnxruntime(seen: dict[str, int]) -> Iterator[None]:
     try:
-        yield seen
+        import onnxruntime
+    except ImportError:
+        yield
+        return
+    session = onnxruntime.InferenceSession
+    original = session.run
+
+    def run(self: Any, output_names: Any, input_feed: dict, *args: Any, **kwargs: Any) -> Any:
+        seen["forward_samples"] += int(next(iter(input_feed.values())).shape[0])
+        return original(self, output_names, input_feed, *args, **kwargs)
+
+    session.run = run
+    try:
+        yield
     finally:
-        h1.remove()
-        h2.remove()
+        session.run = original
 
 
 def _assert_evidence(evidence: Any) -> None:
