@@ -122,7 +122,7 @@ def log_audit(results: Mapping[str, Any], artifacts: Mapping[str, Path] | list[P
 
 def _log(uri: str, results: Mapping[str, Any], files: list[Path], params: dict[str, str],
          metrics: dict[str, float], tags: dict[str, str]) -> str:
-    from mlflow.entities import Metric, Param, RunTag
+    from mlflow.entities import Metric, Param
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(tracking_uri=uri)
