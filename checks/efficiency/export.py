@@ -54,7 +54,7 @@ from audit.check import Check, Measurement, Metric, Params, cell, chart, higher,
 from audit.context import _logits_of, logits_to_proba
 from audit.errors import SkipCheck
 from audit.registry import register_check
-from audit.stats import from_draws, percentile_ci, proportion
+from audit.stats import bootstrap_median, from_draws, proportion, ratio_of_medians
 
 _RESAMPLES = 2000
 
@@ -231,14 +231,6 @@ def max_with_ci(values: np.ndarray, confidence: float, rng: np.random.Generator,
     return from_draws(float(v[-1]), draws, confidence, n=n, bounds=(0.0, None))
 
 
-def ratio_of_medians(a: np.ndarray, b: np.ndarray, confidence: float, rng: np.random.Generator,
-                     n_resamples: int = _RESAMPLES) -> Metric:
-    ia = rng.integers(0, len(a), size=(n_resamples, len(a)))
-    ib = rng.integers(0, len(b), size=(n_resamples, len(b)))
-    draws = np.median(a[ia], axis=1) / np.median(b[ib], axis=1)
-    return Metric(float(np.median(a) / np.median(b)), percentile_ci(draws, confidence))
-
-
 def _versions() -> str:
     from importlib.metadata import PackageNotFoundError, version
 
@@ -326,8 +318,8 @@ class Export(Check):
         max_diff = max_with_ci(diff, params.confidence, rng)
         small = min(timings)
         t_pt, t_ort = timings[small]
-        speedup = ratio_of_medians(t_pt, t_ort, params.confidence, rng)
-        p50 = Metric(float(np.median(t_ort) * 1000), _median_ci(t_ort * 1000, params.confidence, rng))
+        speedup = ratio_of_medians(t_pt, t_ort, confidence=params.confidence, rng=rng)
+        p50 = bootstrap_median(t_ort * 1000, confidence=params.confidence, rng=rng)
         metrics = {"prediction_agreement": agree, "max_logit_diff": max_diff, "ort_p50_ms": p50,
                    "speedup": speedup, "onnx_size_mb": Metric(size / 1e6)}
         evidence = self._evidence(ctx, params, idx, used or "", reasons, size, agree, max_diff, diff, pred_pt,
@@ -365,11 +357,11 @@ class Export(Check):
         lat_rows, labels, values, lo, hi = [], [], [], [], []
         for bs, (t_pt, t_ort) in timings.items():
             ms_pt, ms_ort = t_pt * 1000, t_ort * 1000
-            s = ratio_of_medians(t_pt, t_ort, params.confidence, rng)
+            s = ratio_of_medians(t_pt, t_ort, confidence=params.confidence, rng=rng)
             lat_rows.append([bs, round(float(np.median(ms_pt)), 4), _spread(ms_pt), round(float(np.median(ms_ort)), 4),
                              _spread(ms_ort), cell(s.value, s.ci)])
             for name, ms in (("PyTorch", ms_pt), ("ONNX Runtime", ms_ort)):
-                ci = _median_ci(ms, params.confidence, rng)
+                ci = bootstrap_median(ms, confidence=params.confidence, rng=rng).ci
                 labels.append(f"bs {bs} {name}")
                 values.append(float(np.median(ms)))
                 lo.append(ci[0] if ci else values[-1])
@@ -400,6 +392,3 @@ def _spread(ms: np.ndarray) -> str:
     return f"{lo:.4g}-{hi:.4g}"
 
 
-def _median_ci(values: np.ndarray, confidence: float, rng: np.random.Generator) -> tuple[float, float] | None:
-    pick = rng.integers(0, len(values), size=(_RESAMPLES, len(values)))
-    return percentile_ci(np.median(values[pick], axis=1), confidence)

@@ -35,7 +35,7 @@ from audit.check import Check, Measurement, Metric, Params, cell, higher, lower,
 from audit.context import logits_to_proba
 from audit.errors import SkipCheck
 from audit.registry import register_check
-from audit.stats import bootstrap_counts, from_draws, proportion
+from audit.stats import bootstrap_counts, proportion, ratio_of_medians
 
 
 class QuantizationParams(Params):
@@ -163,7 +163,8 @@ class Quantization(Check):
         t_o = ctx.time_calls(fp32, xb, warmup=params.warmup, repeats=params.repeats, precision="float32")
         with int8_inference():
             t_q = ctx.time_calls(q, xb, warmup=params.warmup, repeats=params.repeats, precision="float32")
-        speedup = _ratio_of_medians(t_o, t_q, params.confidence, ctx.rng(f"{self.name}:{params.data}:speed"))
+        speedup = ratio_of_medians(t_o, t_q, confidence=params.confidence,
+                                   rng=ctx.rng(f"{self.name}:{params.data}:speed"))
 
         n_q = sum(p.numel() for name in linears for p in module.get_submodule(name).parameters(recurse=False))
         n_all = sum(p.numel() for p in module.parameters())
@@ -191,11 +192,3 @@ class Quantization(Check):
 
 def _neg(ci: tuple[float, float] | None) -> tuple[float, float] | None:
     return None if ci is None else (-ci[1], -ci[0])
-
-
-def _ratio_of_medians(a: np.ndarray, b: np.ndarray, confidence: float, rng: np.random.Generator,
-                      n_resamples: int = 2000) -> Metric:
-    ia = rng.integers(0, len(a), size=(n_resamples, len(a)))
-    ib = rng.integers(0, len(b), size=(n_resamples, len(b)))
-    draws = np.median(a[ia], axis=1) / np.median(b[ib], axis=1)
-    return from_draws(float(np.median(a) / np.median(b)), draws, confidence, n=min(len(a), len(b)))
