@@ -23,7 +23,7 @@ from rich.table import Table
 from audit.errors import AuditInputError
 
 EXIT_OK, EXIT_FAIL, EXIT_INPUT, EXIT_ERROR = 0, 1, 2, 3
-DEMOS = {"digits": "demo_digits.yaml", "adult": "demo_adult.yaml", "text": "demo_text.yaml"}
+DEMOS = {"digits": "demo_digits.yaml", "adult": "demo_adult.yaml", "text": "demo_text.yaml", "ner": "demo_ner.yaml"}
 _STATUS_STYLE = {"pass": "green", "warn": "yellow", "fail": "red", "error": "magenta", "skipped": "dim",
                  "info": "cyan"}
 

@@ -289,6 +289,13 @@ class Context:
             self._logits[name] = out
         return self._logits[name]
 
+    def tokenizer(self, name: str) -> Any:
+        """The tokenizer that made dataset `name`'s ids (the model's), to encode new text
+        (perturbations, attributions' decoding); None when the dataset records none."""
+        from audit.tokenize import tokenizer_from_json
+
+        return self.cached(("tokenizer", name), lambda: tokenizer_from_json(self.dataset(name).meta.get("tokenizer")))
+
     def sub_token_logits(self, name: str) -> np.ndarray:
         """(N, L, K) per-sub-token logits of a token-classification dataset (the one pass)."""
         self.logits(name)

@@ -80,6 +80,12 @@ class Dataset:
         }
         if self.kind == "tokens":
             out["words"] = int(labels.size)
+        if "examples" not in self.meta and self.kind in ("text", "tokens"):
+            raw = self.meta.get("texts") if self.kind == "text" else self.meta.get("words")
+            if raw:
+                out["examples"] = [{"text": (t if isinstance(t, str) else " ".join(t))[:200],
+                                    "label": self.classes[int(c)] if self.kind == "text" else "sentence"}
+                                   for t, c in zip(raw[:3], self.y[:3] if self.kind == "text" else range(3))]
         for key in ("tokenizer_summary", "truncation", "examples", "tag_scheme"):
             if self.meta.get(key) is not None:
                 out[key] = self.meta[key]

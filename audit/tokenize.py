@@ -114,3 +114,18 @@ def tokenize_for_model(spec: AuditSpec, ds: Dataset, get_dataset: Any) -> Datase
                        f"{enc.x.shape[1]} tokens and were truncated: {lost} lost")
     return dataclasses.replace(ds, x=enc.x, word_starts=enc.word_starts if ds.kind == "tokens" else None,
                                meta=meta, notices=notices, _sha256=None)
+
+
+def tokenizer_from_json(data: Any) -> Any:
+    """The tokenizer a dataset's `meta["tokenizer"]` records (the one that made its ids),
+    rebuilt: a word tokenizer from its vocabulary, a Hugging Face one from its folder;
+    None when the dataset records none."""
+    if not isinstance(data, dict):
+        return None
+    if data.get("type") == "word":
+        return WordTokenizer.from_json(data)
+    if data.get("type") == "hf" and data.get("source"):
+        from audit.hf import HFTokenizer
+
+        return HFTokenizer.from_folder(data["source"])
+    return None
