@@ -268,6 +268,16 @@ def model_class_order(spec: AuditSpec) -> ClassOrder | None:
     ms = spec.model
     if ms.classes:
         return ClassOrder(list(ms.classes), "model.classes", declared=True)
+    if ms.fixture:
+        from fixtures.hf_models import HF_FIXTURES
+
+        if ms.fixture in HF_FIXTURES:  # a built-in Hugging Face model: its config's id2label
+            from audit.hf import config_classes
+            from fixtures.hf_models import cached_folder
+
+            names = config_classes(cached_folder(ms.fixture))
+            return ClassOrder(names, "id2label", declared=True) if names else None
+        return None
     if not ms.path:
         return None
     path = spec.resolve(ms.path)
