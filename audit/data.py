@@ -171,7 +171,7 @@ def summarize_dataset(spec: AuditSpec, name: str, *, get_summary: Callable[[str]
             ds = _load_text_file(src, name, entry, path, where)  # labels and tags are read whole anyway
             summary = DataSummary(name=name, kind=ds.kind, n=len(ds), classes=ds.classes,
                                   sensitive=list(ds.sensitive), features=None, meta=ds.meta, notices=ds.notices,
-                                  description=ds.source + ": " + _summary_line(
+                                  description=_describe_file(path) + ": " + _summary_line(
                                       ds.kind, len(ds), ClassOrder(ds.classes, ds.meta["class_order"]["source"],
                                                                    ds.meta["class_order"]["declared"]),
                                       list(ds.sensitive), ds.meta.get("inputs", "")))
@@ -277,6 +277,14 @@ def model_class_order(spec: AuditSpec) -> ClassOrder | None:
 
             names = config_classes(cached_folder(ms.fixture))
             return ClassOrder(names, "id2label", declared=True) if names else None
+        from fixtures.models import MODEL_FIXTURES
+
+        r = MODEL_FIXTURES.get(ms.fixture)
+        if r is not None and r.architecture == "text_transformer":  # its classes are its recipe's data's
+            from fixtures.datasets import load_fixture_dataset
+
+            return ClassOrder(list(load_fixture_dataset(r.dataset, r.split).classes), f"fixture {ms.fixture}",
+                              declared=True)
         return None
     if not ms.path:
         return None
