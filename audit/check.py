@@ -33,10 +33,11 @@ Evidence items (built with the constructors at the end of this module):
   {"type": "figure", "title": str, "svg": str, "caption": str?}
       a ready-made SVG, for third-party checks; the report sanitizes it
   {"type": "tokens", "title": str, "rows": [{"tokens": [str], "scores": [number | null],
-   "label": str?}], "caption": str?}
+   "label": str?, "focus": int?}], "caption": str?}
       text with a score per token (attributions): the report highlights each token with a
       colour computed from its score (positive warm, negative cool, scaled per row by the
-      largest |score|); tokens are escaped text, `label` a line of context per row
+      largest |score|); tokens are escaped text, `label` a line of context per row; `focus`
+      the index of the token being explained (outlined, and left out of the scale)
 Sanity flags (e.g. gradient masking) are not evidence: they are `Measurement.flags`,
 and any flag caps the check's status at `warn`.
 """

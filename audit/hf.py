@@ -54,7 +54,7 @@ def _transformers() -> Any:
         import transformers
     except ModuleNotFoundError:
         raise ModelError("a Hugging Face model folder needs the optional `transformers` package: "
-                         "pip install 'audit-suite[text]' (or [hf])", where="model.path") from None
+                         "pip install 'audit-suite[hf]' (the same as 'audit-suite[text]')", where="model.path") from None
     transformers.logging.set_verbosity_error()
     transformers.logging.disable_progress_bar()
     return transformers

@@ -193,11 +193,13 @@ def _tokens_view(ev: Mapping[str, Any], title: str) -> dict[str, Any]:
         toks = [str(t) for t in (r.get("tokens") or [])][:_TOKENS_PER_ROW]
         scores = list(r.get("scores") or [])[: len(toks)]
         scores += [None] * (len(toks) - len(scores))
-        finite = [abs(float(v)) for v in scores if is_number(v)]
+        focus = r.get("focus") if isinstance(r.get("focus"), int) and not isinstance(r.get("focus"), bool) else None
+        finite = [abs(float(v)) for j, v in enumerate(scores) if is_number(v) and j != focus]
         scale = max(finite) if finite else 0.0
         rows.append({"label": str(r.get("label") or ""),
-                     "tokens": [{"text": t, "style": _token_style(v, scale),
-                                 "score": format_number(v) if is_number(v) else ""} for t, v in zip(toks, scores)],
+                     "tokens": [{"text": t, "style": _token_style(v, scale), "focus": j == focus,
+                                 "score": format_number(v) if is_number(v) else ""}
+                                for j, (t, v) in enumerate(zip(toks, scores))],
                      "more": max(0, len(r.get("tokens") or []) - _TOKENS_PER_ROW)})
     return {"type": "tokens", "title": title, "caption": str(ev.get("caption") or ""), "rows": rows,
             "more": max(0, len(raw_rows) - _TOKEN_ROWS)}

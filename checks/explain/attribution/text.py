@@ -279,10 +279,13 @@ def _highlight_rows(ds: Dataset, sel: Selection, scores: np.ndarray) -> list[dic
     for k in range(min(SHOWN, len(sel.x))):
         words: list[str] = []
         vals: list[float] = []
-        for tid, v in zip(sel.x[k], scores[k]):
+        focus = None
+        for p, (tid, v) in enumerate(zip(sel.x[k], scores[k])):
             tid = int(tid)
             if tid in specials:
                 continue
+            if ds.kind == "tokens" and p == sel.position[k]:
+                focus = len(words)
             piece = str(vocab[tid]) if vocab is not None and 0 <= tid < len(vocab) else str(tid)
             if piece.startswith("##") and words:
                 words[-1] += piece[2:]
@@ -290,7 +293,10 @@ def _highlight_rows(ds: Dataset, sel: Selection, scores: np.ndarray) -> list[dic
             else:
                 words.append(piece)
                 vals.append(float(v))
-        rows.append({"tokens": words, "scores": [float(f"{v:.4g}") for v in vals], "label": sel.labels[k]})
+        row: dict[str, Any] = {"tokens": words, "scores": [float(f"{v:.4g}") for v in vals], "label": sel.labels[k]}
+        if focus is not None:
+            row["focus"] = focus
+        rows.append(row)
     return rows
 
 
@@ -341,8 +347,9 @@ def run_text(ctx: Context, params: AttributionParams, ds: Dataset, name: str) ->
         "Token attributions", _highlight_rows(ds, sel, scores),
         caption=f"Integrated gradients on the embedding layer ({layer}) towards {what}; baseline: the pad "
                 f"token at every non-special position. Warm colours push towards the explained "
-                f"{'tag' if per_token else 'class'}, cool colours away; scaled per row by its largest |attribution|; "
-                f"word pieces merged into words.")
+                f"{'tag' if per_token else 'class'}, cool colours away; scaled per row by its largest |attribution|"
+                + (" among the context tokens (the explained entity is outlined: its own attribution is usually the "
+                   "largest)" if per_token else "") + "; word pieces merged into words.")
     evidence: list[dict[str, Any]] = [highlight, figures.deletion_chart(curves, params.confidence), *randomization]
     evidence.append(phases.table(f"{len(sel.rows)} samples of '{ds.name}' explained ({what}), on {ctx.device}."))
     evidence.append(text("Notes", note + (" Deletion removes tokens (replaced by the pad token, masked out); special "
