@@ -11,7 +11,7 @@ gets no prediction: it counts as predicted `O` (no entity), so truncation costs 
 and is reported.
 
 Entities are the spans seqeval finds (`seqeval.metrics.sequence_labeling.get_entities`,
-the conlleval rules): an `I-X` after `O` or after another type starts an entity, as in
+the conlleval rules, ported here to run on tag indices; the tests hold it equal to seqeval): an `I-X` after `O` or after another type starts an entity, as in
 IOB1. In an IOB2 file such an `I-X` is an error of the data, and `invalid_iob` lists
 them (data.integrity reports them; nothing is silently fixed).
 """
@@ -50,9 +50,31 @@ def outside_index(classes: Sequence[str]) -> int | None:
 
 def spans(tags: Sequence[str]) -> list[tuple[str, int, int]]:
     """Entities of one sentence as (type, first word, last word), by seqeval's rules."""
-    from seqeval.metrics.sequence_labeling import get_entities
+    return _chunks([_parse(t) for t in tags])
 
-    return [(t, int(a), int(b)) for t, a, b in get_entities(list(tags))]
+
+def _parse(chunk: str) -> tuple[str, str]:
+    """seqeval's reading of a tag (prefix mode): (first letter, type after the dash or '_')."""
+    return chunk[0], chunk[1:].split("-", maxsplit=1)[-1] or "_"
+
+
+def _chunks(parsed: Sequence[tuple[str, str]]) -> list[tuple[str, int, int]]:
+    """seqeval.metrics.sequence_labeling.get_entities over pre-parsed tags: the same
+    end_of_chunk / start_of_chunk rules (B, I, E, S, O), without re-parsing strings.
+    tests/test_ner.py holds it equal to seqeval."""
+    prev_tag, prev_type, begin = "O", "", 0
+    out: list[tuple[str, int, int]] = []
+    for i, (tag, typ) in enumerate([*parsed, ("O", "_")]):
+        end = (prev_tag in ("E", "S") or (prev_tag in ("B", "I") and tag in ("B", "S", "O"))
+               or (prev_tag not in ("O", ".") and prev_type != typ))
+        if end:
+            out.append((prev_type, begin, i - 1))
+        start = (tag in ("B", "S") or (prev_tag in ("E", "S") and tag in ("E", "I"))
+                 or (prev_tag == "O" and tag in ("E", "I")) or (tag not in ("O", ".") and prev_type != typ))
+        if start:
+            begin = i
+        prev_tag, prev_type = tag, typ
+    return out
 
 
 def infer_scheme(sentences: Sequence[Sequence[str]]) -> str:
@@ -159,15 +181,17 @@ def entity_counts(y: np.ndarray, pred: np.ndarray, classes: Sequence[str],
     is right when its type, first and last word all match)."""
     types = list(types) if types is not None else entity_types(classes)
     index = {t: i for i, t in enumerate(types)}
+    parsed = [_parse(c) for c in classes]
     n = y.shape[0]
     tp = np.zeros((n, len(types)), np.int64)
     npred = np.zeros_like(tp)
     ngold = np.zeros_like(tp)
     words = (y >= 0).sum(axis=1).astype(np.int64)
     correct = ((y == pred) & (y >= 0)).sum(axis=1).astype(np.int64)
+    ys, ps = y.tolist(), pred.tolist()
     for i in range(n):
-        g = spans(tag_names(y[i], classes))
-        p = spans(tag_names(pred[i], classes))
+        g = _chunks([parsed[v] for v in _until_pad(ys[i])])
+        p = _chunks([parsed[v] for v in _until_pad(ps[i])])
         for t, _, _ in g:
             if t not in index:
                 index[t] = len(types)
@@ -187,6 +211,13 @@ def entity_counts(y: np.ndarray, pred: np.ndarray, classes: Sequence[str],
             if (t, a, b) in gs:
                 tp[i, index[t]] += 1
     return EntityCounts(types, tp, npred, ngold, words, correct)
+
+
+def _until_pad(row: list[int]) -> list[int]:
+    try:
+        return row[: row.index(-1)]
+    except ValueError:
+        return row
 
 
 def f1_from(tp: np.ndarray, pred: np.ndarray, gold: np.ndarray) -> np.ndarray:

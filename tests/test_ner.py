@@ -236,3 +236,15 @@ def test_conll_fixture_round_trip_reads_like_a_users_file(tmp_path: Path) -> Non
     assert ds.meta["tag_scheme"] == {"scheme": "IOB2", "declared": False, "invalid": 0}
     assert (ds.word_starts[ds.y >= 0] > 0).all()  # after [CLS]; every word has a first sub-token
     assert json.dumps(ds.describe())  # JSON-ready
+
+
+def test_span_extraction_equals_seqeval_on_every_scheme() -> None:
+    from seqeval.metrics.sequence_labeling import get_entities
+
+    from audit.tokens import spans
+
+    rng = np.random.default_rng(0)
+    tags = ["O", "B-PER", "I-PER", "E-PER", "S-PER", "B-LOC", "I-LOC", "E-LOC", "S-LOC", "I-MISC"]
+    for _ in range(3000):
+        seq = [tags[i] for i in rng.integers(0, len(tags), rng.integers(1, 12))]
+        assert spans(seq) == [(t, a, b) for t, a, b in get_entities(seq)], seq

@@ -184,8 +184,15 @@ class TextRobustness(Check):
                     if flip[j] and len(examples) < params.n_examples:
                         examples.append((" ".join(words[j]), " ".join(e.words), _ents(words[j], pred0[j]),
                                          _ents(e.words, got), _ents(e.words, e.tags)))
-            out["per"][name] = {"changed": changed, "flip": flip,
-                                "counts": entity_counts(y_new, p_new, classes, list(types)), "examples": examples}
+            counts = _copy_counts(clean)  # unchanged rows keep their clean counts
+            if rows.size:
+                part = entity_counts(y_new[rows], p_new[rows], classes, list(types))
+                counts = _grow(counts, len(part.types))
+                for a, b in ((counts.tp, part.tp), (counts.pred, part.pred), (counts.gold, part.gold)):
+                    a[rows] = b
+                counts.words[rows], counts.correct[rows] = part.words, part.correct
+                counts.types = list(part.types)
+            out["per"][name] = {"changed": changed, "flip": flip, "counts": counts, "examples": examples}
         return out
 
     # ---- metrics and evidence ------------------------------------------------------------------
@@ -200,22 +207,34 @@ class TextRobustness(Check):
         n = len(idx)
         tokens = runs["kind"] == "tokens"
 
-        def metric_under(w: np.ndarray, name: str | None) -> np.ndarray:
+        # Every statistic is a ratio of weighted sums of per-sample columns: one matrix, one
+        # product per chunk of resamples. Columns: the metric's sums for the clean subset and
+        # each perturbation (tp, predicted, true entities; or right and 1), then flips and changed.
+        def sums(name: str | None) -> list[np.ndarray]:
             if tokens:
                 c = runs["clean"] if name is None else per[name]["counts"]
-                return f1_from(w @ c.tp.sum(1), w @ c.pred.sum(1), w @ c.gold.sum(1))
+                return [c.tp.sum(1), c.pred.sum(1), c.gold.sum(1)]
             ok = runs["clean_ok"] if name is None else per[name]["ok"]
-            return (w @ ok) / w.sum(1)
+            return [ok, np.ones(n)]
 
-        def flip_rate(w: np.ndarray, name: str) -> np.ndarray:
-            ch = per[name]["changed"].astype(np.float64)
-            with np.errstate(divide="ignore", invalid="ignore"):
-                return (w @ per[name]["flip"].astype(np.float64)) / (w @ ch)
+        width = 3 if tokens else 2
+        cols = sums(None) + [a for p in names for a in sums(p)]
+        cols += [per[p][k].astype(np.float64) for p in names for k in ("flip", "changed")]
+        mat = np.stack(cols, axis=1).astype(np.float64)
+        n_p = len(names)
+
+        def metric_of(block: np.ndarray) -> np.ndarray:  # (..., width) sums -> metric
+            if tokens:
+                return f1_from(block[..., 0], block[..., 1], block[..., 2])
+            return block[..., 0] / block[..., 1]
 
         def stats_of(w: np.ndarray) -> dict[str, np.ndarray]:
-            clean = metric_under(w, None)
-            flips = np.stack([flip_rate(w, p) for p in names], axis=1)
-            under = np.stack([metric_under(w, p) for p in names], axis=1)
+            s = w @ mat
+            clean = metric_of(s[:, :width])
+            under = metric_of(s[:, width:width * (n_p + 1)].reshape(len(s), n_p, width))
+            fl = s[:, width * (n_p + 1):].reshape(len(s), n_p, 2)
+            with np.errstate(divide="ignore", invalid="ignore"):
+                flips = fl[..., 0] / fl[..., 1]
             return {"clean": clean, "flips": flips, "under": under}
 
         point = stats_of(np.ones((1, n)))
@@ -288,3 +307,17 @@ def _ents(words: list[str], tags: list[str]) -> str:
     from audit.tokens import spans
 
     return "; ".join(f"{' '.join(words[a:b + 1])} [{t}]" for t, a, b in spans(tags)) or "—"
+
+
+def _copy_counts(c: Any) -> Any:
+    from audit.tokens import EntityCounts
+
+    return EntityCounts(list(c.types), c.tp.copy(), c.pred.copy(), c.gold.copy(), c.words.copy(), c.correct.copy())
+
+
+def _grow(c: Any, n_types: int) -> Any:
+    """Room for entity types first seen under a perturbation (columns of zeros)."""
+    extra = n_types - c.tp.shape[1]
+    if extra > 0:
+        c.tp, c.pred, c.gold = (np.pad(a, ((0, 0), (0, extra))) for a in (c.tp, c.pred, c.gold))
+    return c
