@@ -1027,7 +1027,7 @@ def _load_token_file(src: _Source, name: str, entry: DataEntry, path: Path, wher
                  meta={"path": str(path), "words": rows.words, "lines": rows.lines, "line_kind": "line",
                        "inputs": f"{len(flat)} words in {n} sentences",
                        "tag_scheme": {"scheme": scheme, "declared": entry.scheme is not None,
-                                      "invalid": len(bad)},
+                                      "invalid": len(bad), "invalid_sentences": len({b.sentence for b in bad})},
                        "invalid_iob": invalid})
     _record_order(name, order, ds.meta, ds.notices)
     if bad:

@@ -233,7 +233,7 @@ def test_conll_fixture_round_trip_reads_like_a_users_file(tmp_path: Path) -> Non
     ref = load_ner("test-chat")
     assert ds.kind == "tokens" and np.array_equal(ds.y, ref.y) and ds.meta["words"] == ref.meta["words"]
     assert list(ds.sensitive["name_origin"]) == list(ref.sensitive["name_origin"])
-    assert ds.meta["tag_scheme"] == {"scheme": "IOB2", "declared": False, "invalid": 0}
+    assert ds.meta["tag_scheme"] == {"scheme": "IOB2", "declared": False, "invalid": 0, "invalid_sentences": 0}
     assert (ds.word_starts[ds.y >= 0] > 0).all()  # after [CLS]; every word has a first sub-token
     assert json.dumps(ds.describe())  # JSON-ready
 

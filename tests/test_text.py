@@ -287,3 +287,66 @@ def test_bad_text_files_exit_2_naming_file_and_line(tmp_path: Path, capsys: pyte
     text = out.out + out.err
     assert code == 2 and "Traceback" not in text and "t.csv" in text, text
     assert re.search(message, text.replace("\n", " ")), text
+
+
+def test_parquet_and_jsonl_read_like_csv(tmp_path: Path, audit_cache_dir: Path) -> None:
+    import json
+
+    import pandas as pd
+
+    from audit.data import load_dataset
+
+    ds = load_reviews("test")
+    texts, labels = ds.meta["texts"][:50], [ds.classes[int(c)] for c in ds.y[:50]]
+    pd.DataFrame({"review": texts, "sentiment": labels, "site": ["a", "b"] * 25}).to_parquet(tmp_path / "t.parquet")
+    (tmp_path / "t.jsonl").write_text("".join(json.dumps({"review": t, "sentiment": s, "site": g}) + "\n"
+                                              for t, s, g in zip(texts, labels, ["a", "b"] * 25)))
+    got = []
+    for name in ("t.parquet", "t.jsonl"):
+        spec = load_spec_text(tmp_path, "model: {fixture: text-transformer}\ndata:\n"
+                                        f"  test: {{path: {name}, text: review, label: sentiment, sensitive: [site]}}\n")
+        got.append(load_dataset(spec, "test", get_dataset=lambda n: None))
+    for d in got:
+        assert d.kind == "text" and np.array_equal(d.x, ds.x[:50]) and np.array_equal(d.y, ds.y[:50])
+        assert list(d.sensitive["site"][:2]) == ["a", "b"]
+
+
+def test_pre_tokenized_npz_with_an_hf_model_is_used_as_given(tmp_path: Path, audit_cache_dir: Path) -> None:
+    pytest.importorskip("transformers")
+    from audit.data import load_dataset
+    from audit.errors import DataError
+    from fixtures.hf_models import cached_folder
+
+    folder = cached_folder("reviews-bert")
+    ids = np.array([[2, 40, 41, 3, 0], [2, 50, 3, 0, 0]], dtype=np.int64)
+    np.savez(tmp_path / "ids.npz", x=ids, y=np.array([0, 1]))
+    spec = load_spec_text(tmp_path, f"model: {{path: {folder}}}\ndata:\n  test: {{path: ids.npz, kind: text}}\n")
+    ds = load_dataset(spec, "test", get_dataset=lambda n: None)
+    assert np.array_equal(ds.x, ids) and any("token ids used as given" in n for n in ds.notices)
+    np.savez(tmp_path / "ids.npz", x=ids + 10_000, y=np.array([0, 1]))
+    with pytest.raises(DataError, match="outside the model's vocabulary"):
+        load_dataset(spec, "test", get_dataset=lambda n: None)
+
+
+def test_text_attributions_ig_and_shap_text(audit_cache_dir: Path) -> None:
+    """explain.attribution on text: integrated gradients on the embedding layer, and SHAP's
+    text explainer (its values line up with the model's own sub-tokens)."""
+    pytest.importorskip("transformers")
+    from audit.spec import parse_spec
+
+    spec = parse_spec({"name": "attr", "device": "cpu", "model": {"fixture": "reviews-bert"},
+                       "data": {"test": {"fixture": "reviews", "split": "test"}},
+                       "checks": [{"id": "ig", "check": "explain.attribution", "n_samples": 8,
+                                   "randomization_steps": 2},
+                                  {"id": "shap", "check": "explain.attribution", "method": "shap_text",
+                                   "n_samples": 3, "n_evals": 60, "randomization": False}]})
+    results = run_audit(spec).to_json()
+    ig, shap = _check(results, "ig"), _check(results, "shap")
+    assert ig["status"] == "info" and shap["status"] == "info", (ig["message"], shap["message"])
+    assert ig["metrics"]["deletion_faithfulness"]["value"] > 0.2  # better than removing tokens at random
+    assert ig["metrics"]["randomization_similarity"]["value"] < 0.5
+    for c in (ig, shap):
+        rows = next(e for e in c["evidence"] if e["type"] == "tokens")["rows"]
+        assert rows and all(len(r["tokens"]) == len(r["scores"]) for r in rows)
+        assert "[CLS]" not in rows[0]["tokens"] and any(v != 0 for v in rows[0]["scores"])
+    assert "SHAP values" in next(e for e in shap["evidence"] if e["type"] == "tokens")["caption"]

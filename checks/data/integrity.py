@@ -177,7 +177,7 @@ def _text_checks(ctx: Context, params: IntegrityParams, ds: Dataset, train: Data
         scheme = ds.meta.get("tag_scheme") or {}
         invalid = ds.meta.get("invalid_iob") or []
         total = int(scheme.get("invalid", len(invalid)))
-        bad_sentences = len({b["sentence"] for b in invalid}) if total <= len(invalid) else total
+        bad_sentences = int(scheme.get("invalid_sentences", len({b["sentence"] for b in invalid})))
         metrics["invalid_iob_fraction"] = stats.proportion(min(bad_sentences, n), n, params.confidence)
         where = ds.meta.get("path") or ds.source or ds.name
         if total:

@@ -75,6 +75,9 @@ class Attribution(Check):
 
             check_params(params, ds)
             return
+        if "shap_text" in (params.method, params.compare_with):
+            raise DataError(f"shap_text explains text classification (SHAP's Text masker); dataset '{ds.name}' is "
+                            f"{ds.kind}")
         if params.baseline == "blurred" and ds.kind != "image":
             raise DataError(f"baseline 'blurred' needs image data; dataset '{ds.name}' is {ds.kind}")
         n_flat = int(np.prod(ds.x.shape[1:]))

@@ -16,6 +16,10 @@ model's token-embedding layer (the approach of Captum's BERT tutorials).
 * randomization_similarity: the model-parameter randomization test (Adebayo et al.,
   2018): layers re-initialised top down, cascading, the same samples explained again;
   Spearman rank correlation over each sample's real tokens.
+* `method: shap_text` (text classification with a Hugging Face tokenizer): SHAP's
+  Partition explainer over its Text masker, which splits the text with the model's own
+  tokenizer, so its values line up with the ids; the same deletion and randomization
+  tests apply.
 * Evidence: per-token attributions as highlighted text (`tokens` evidence; the report
   colours each token from its score), word pieces merged into words.
 """
@@ -45,11 +49,24 @@ from checks.explain.attribution.randomization import Cascade, Randomizer, cascad
 SHOWN = 8  # samples drawn as highlighted text
 
 
+TEXT_METHODS = ("integrated_gradients", "shap_text")
+
+
 def check_params(params: AttributionParams, ds: Dataset) -> None:
-    if params.method != "integrated_gradients":
+    if params.method not in TEXT_METHODS:
         raise DataError(f"method '{params.method}' is not available for {ds.kind} data: token ids are not "
                         f"differentiable, so text attributions use integrated gradients on the embedding layer "
-                        f"(method: integrated_gradients)")
+                        f"(method: integrated_gradients), or for text classification SHAP's text explainer "
+                        f"(method: shap_text)")
+    if params.method == "shap_text":
+        if ds.kind != "text":
+            raise DataError("shap_text explains text classification; for token classification use "
+                            "integrated_gradients (the attribution of one entity's prediction)")
+        if (ds.meta.get("tokenizer") or {}).get("type") != "hf" or ds.meta.get("texts") is None:
+            raise DataError(f"shap_text needs the raw texts and a Hugging Face tokenizer (SHAP's Text masker "
+                            f"splits the text with it); dataset '{ds.name}' has "
+                            f"{'no raw texts' if ds.meta.get('texts') is None else 'a word tokenizer'}: use "
+                            f"integrated_gradients")
     if params.compare_with:
         raise DataError(f"compare_with is not available for {ds.kind} data (one method: integrated gradients on "
                         f"the embedding layer)")
@@ -186,6 +203,33 @@ def _attribute(ctx: Context, module: nn.Module, layer: str, sel: Selection, base
     return np.concatenate(out), np.concatenate(deltas)
 
 
+def _attribute_shap(ctx: Context, module: nn.Module, ds: Dataset, sel: Selection, params: AttributionParams,
+                    key: str) -> np.ndarray:
+    """(n, L) SHAP values of the explained class per token: SHAP's Partition explainer over
+    its Text masker, which splits each text with the model's own tokenizer (the same
+    sub-tokens as the ids, special tokens included); every masked text is re-encoded and
+    run through the Context (counted)."""
+    import shap
+
+    tok = ctx.tokenizer(params.data)
+    texts = [ds.meta["texts"][int(i)] for i in sel.rows]
+
+    def predict(batch: Any) -> np.ndarray:
+        x = tok.encode_texts([str(t) for t in batch]).x
+        return logits_to_proba(ctx.run_model(module, x, what="SHAP text explainer", precision="float32"))
+
+    seed = int(ctx.rng(f"{key}:shap").integers(2**31))
+    explainer = shap.Explainer(predict, shap.maskers.Text(tok.tok), algorithm="partition", seed=seed)
+    values = explainer(texts, max_evals=params.n_evals or 200, batch_size=params.batch_size or ctx.batch_size,
+                       silent=True)
+    out = np.zeros(sel.x.shape, np.float64)
+    for i in range(len(texts)):
+        v = np.asarray(values.values[i])[:, int(sel.target[i])]
+        m = min(len(v), out.shape[1])  # a text longer than the model's length: its first tokens
+        out[i, :m] = v[:m]
+    return out
+
+
 def _deletion(ctx: Context, params: AttributionParams, sel: Selection, scores: np.ndarray, pad: int,
               per_token: bool, key: str) -> DeletionCurves:
     n, length = sel.x.shape
@@ -237,8 +281,8 @@ def _masked_spearman(a: np.ndarray, b: np.ndarray, keep: np.ndarray) -> np.ndarr
     return out
 
 
-def _cascade(ctx: Context, params: AttributionParams, sel: Selection, scores: np.ndarray, baseline: np.ndarray,
-             layer: str, per_token: bool, key: str) -> Cascade:
+def _cascade(ctx: Context, params: AttributionParams, sel: Selection, scores: np.ndarray,
+             attribute: Any, key: str) -> Cascade:
     loaded = ctx.model
     layers = parametrized_layers(loaded.module)[::-1]
     if not layers:
@@ -255,7 +299,7 @@ def _cascade(ctx: Context, params: AttributionParams, sel: Selection, scores: np
         for name in layers[done:k]:
             rnd.randomize(name)
         done = k
-        ur, _ = _attribute(ctx, rnd.model, layer, sel, baseline, params, per_token)
+        ur = attribute(rnd.model)
         sim = _masked_spearman(ref, np.abs(ur) if params.randomization_abs else ur, keep)
         ok = np.isfinite(sim)
         last = None
@@ -311,8 +355,20 @@ def run_text(ctx: Context, params: AttributionParams, ds: Dataset, name: str) ->
     specials = np.isin(sel.x, list(set(int(v) for v in ds.meta.get("special_ids", [pad])) | {pad}))
     baseline = np.where(specials, sel.x, pad).astype(np.int64)
     phases = Phases(ctx, len(sel.rows))
-    with phases("attribution: integrated gradients (embedding layer)"):
-        scores, deltas = _attribute(ctx, module, layer, sel, baseline, params, per_token)
+    shap_text = params.method == "shap_text"
+
+    def attribute(m: nn.Module) -> np.ndarray:
+        if shap_text:
+            return _attribute_shap(ctx, m, ds, sel, params, key)
+        return _attribute(ctx, m, layer, sel, baseline, params, per_token)[0]
+
+    deltas = None
+    if shap_text:
+        with phases("attribution: SHAP text explainer (Partition, Text masker)"):
+            scores = _attribute_shap(ctx, module, ds, sel, params, key)
+    else:
+        with phases("attribution: integrated gradients (embedding layer)"):
+            scores, deltas = _attribute(ctx, module, layer, sel, baseline, params, per_token)
     if not np.isfinite(scores).all():
         raise DataError(f"integrated gradients produced non-finite attributions on dataset '{ds.name}'")
     scores = np.where(np.isin(sel.x, [pad]) & ~specials, 0.0, scores)
@@ -326,27 +382,30 @@ def run_text(ctx: Context, params: AttributionParams, ds: Dataset, name: str) ->
     randomization: list[dict[str, Any]] = []
     if params.randomization:
         with phases("randomization cascade"):
-            c = _cascade(ctx, params, sel, scores, baseline, layer, per_token, key)
+            c = _cascade(ctx, params, sel, scores, attribute, key)
         if c.metric is not None:
             metrics["randomization_similarity"] = c.metric
             randomization.append(figures.cascade_chart(c))
         randomization.append(cascade_table(c, params))
-    # completeness: Captum's convergence delta against the logit difference
-    with torch.no_grad():
+    if deltas is not None:  # completeness: Captum's convergence delta against the logit difference
         total = np.abs(scores.sum(axis=1)) + np.abs(deltas)
-    gap = np.abs(deltas) / np.maximum(total, 1e-12)
-    med = float(np.nanmedian(gap))
-    note = (f"Integrated-gradients completeness (Captum's convergence delta): median |delta| is {100 * med:.2f}% of "
-            f"the attribution mass, with n_steps={params.n_steps}.")
-    if med > COMPLETENESS_FLAG:
-        flags.append(Flag("ig_not_converged", f"median completeness gap {100 * med:.1f}% > "
-                                              f"{100 * COMPLETENESS_FLAG:.0f}%: raise n_steps"))
+        med = float(np.nanmedian(np.abs(deltas) / np.maximum(total, 1e-12)))
+        note = (f"Integrated-gradients completeness (Captum's convergence delta): median |delta| is {100 * med:.2f}% "
+                f"of the attribution mass, with n_steps={params.n_steps}.")
+        if med > COMPLETENESS_FLAG:
+            flags.append(Flag("ig_not_converged", f"median completeness gap {100 * med:.1f}% > "
+                                                  f"{100 * COMPLETENESS_FLAG:.0f}%: raise n_steps"))
+    else:
+        note = (f"SHAP's Partition explainer over its Text masker (the model's tokenizer), "
+                f"max_evals={params.n_evals or 200} per text; masked tokens are the tokenizer's mask token.")
     what = ("one predicted entity per sentence: the logit of its tag at its first sub-token"
             if per_token else f"the {params.target} class of each text")
+    how = ("SHAP values (Partition explainer, Text masker)" if shap_text else
+           f"Integrated gradients on the embedding layer ({layer})")
+    base = "" if shap_text else "; baseline: the pad token at every non-special position"
     highlight = tokens(
         "Token attributions", _highlight_rows(ds, sel, scores),
-        caption=f"Integrated gradients on the embedding layer ({layer}) towards {what}; baseline: the pad "
-                f"token at every non-special position. Warm colours push towards the explained "
+        caption=f"{how} towards {what}{base}. Warm colours push towards the explained "
                 f"{'tag' if per_token else 'class'}, cool colours away; scaled per row by its largest |attribution|"
                 + (" among the context tokens (the explained entity is outlined: its own attribution is usually the "
                    "largest)" if per_token else "") + "; word pieces merged into words.")
