@@ -164,6 +164,11 @@ def check_token_alignment(ds: Dataset, sub_logits: np.ndarray) -> None:
     sub-token (see `token_alignment_problem`)."""
     if ds.word_starts is None:
         return
+    order = ds.meta.get("class_order") or {}
+    if not order.get("declared", True):  # no test can tell a permutation of tags from a weak model
+        raise DataError(f"the tag order was taken from the {order.get('source', 'data')}, but a token classifier's "
+                        f"outputs must be named: declare `model.classes` with the tag of each output, in order (or "
+                        f"give the model's config.json an id2label)", where=f"dataset '{ds.name}'")
     problem = token_alignment_problem(ds.y, ds.word_starts, sub_logits, ds.classes)
     if problem:
         raise DataError(problem, where=f"dataset '{ds.name}'")
