@@ -271,12 +271,11 @@ def model_class_order(spec: AuditSpec) -> ClassOrder | None:
     if ms.fixture:
         from fixtures.hf_models import HF_FIXTURES
 
-        if ms.fixture in HF_FIXTURES:  # a built-in Hugging Face model: its config's id2label
-            from audit.hf import config_classes
-            from fixtures.hf_models import cached_folder
+        if ms.fixture in HF_FIXTURES:  # a built-in Hugging Face model: its id2label is its data's classes
+            from fixtures.datasets import load_fixture_dataset
 
-            names = config_classes(cached_folder(ms.fixture))
-            return ClassOrder(names, "id2label", declared=True) if names else None
+            classes = load_fixture_dataset(HF_FIXTURES[ms.fixture].dataset, "train").classes
+            return ClassOrder(list(classes), "id2label", declared=True)
         from fixtures.models import MODEL_FIXTURES
 
         r = MODEL_FIXTURES.get(ms.fixture)
