@@ -152,11 +152,15 @@ def token_alignment_problem(y: np.ndarray, word_starts: np.ndarray, sub_logits: 
         if p < ALPHA and acc_s - acc0 > 0.2:
             return (f"the model's tags fit the words one sub-token {word} ({acc_s:.3f} of {int(inside.sum())} entity "
                     f"words right) far better than at each word's first sub-token ({acc0:.3f}), where word-level "
-                    f"predictions are read (the Hugging Face convention; McNemar p = {p:.1g}): the labels look "
+                    f"predictions are read (the Hugging Face convention; McNemar p {_p(p)}): the labels look "
                     f"shifted by one sub-token against the tokens (labels aligned to the wrong sub-token when the "
                     f"model was trained, or a missing special-token offset). Fix the alignment and retrain; every "
                     f"metric read at the first sub-token would be wrong")
     return None
+
+
+def _p(p: float) -> str:
+    return f"= {p:.1g}" if p > 0 else "< 1e-300"
 
 
 def check_token_alignment(ds: Dataset, sub_logits: np.ndarray) -> None:
