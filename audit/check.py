@@ -35,6 +35,12 @@ Evidence items (built with the constructors at the end of this module):
       keyword arguments as JSON (numbers, strings, nested lists)
   {"type": "figure", "title": str, "svg": str, "caption": str?}
       a ready-made SVG, for third-party checks; the report sanitizes it
+  {"type": "tokens", "title": str, "rows": [{"tokens": [str], "scores": [number | null],
+   "label": str?, "focus": int?}], "caption": str?}
+      text with a score per token (attributions): the report highlights each token with a
+      colour computed from its score (positive warm, negative cool, scaled per row by the
+      largest |score|); tokens are escaped text, `label` a line of context per row; `focus`
+      the index of the token being explained (outlined, and left out of the scale)
 Sanity flags (e.g. gradient masking) are not evidence: they are `Measurement.flags`,
 and any flag caps the check's status at `warn`.
 """
@@ -57,8 +63,13 @@ DEFAULT_CONFIDENCE = 0.95
 # What a check may list in `requires`. "data" is the entry's dataset (always there);
 # the others are checked by the runner, which skips the check with the reason.
 REQUIREMENTS = ("data", "train", "domains", "sensitive")
-# The kinds of data a dataset can be (audit.dataset.Kind).
-KINDS = ("image", "tabular", "text")
+# The kinds of data a dataset can be (audit.dataset.Kind). "text" is a sequence
+# classification sample (token ids, one label per row); "tokens" is a token-classification
+# sentence (sub-token ids, one tag per word: see audit.dataset.Dataset).
+KINDS = ("image", "tabular", "text", "tokens")
+# What a check measures unless it says otherwise: one label per sample. A check that
+# understands word-level tags lists "tokens" itself.
+CLASSIFICATION_KINDS = ("image", "tabular", "text")
 
 
 class Params(BaseModel):
@@ -149,7 +160,7 @@ class Check(abc.ABC):
     version: ClassVar[int] = 1
     area: ClassVar[str] = "evaluation"
     requires: ClassVar[tuple[str, ...]] = ("data",)
-    kinds: ClassVar[tuple[str, ...]] = KINDS
+    kinds: ClassVar[tuple[str, ...]] = CLASSIFICATION_KINDS
     metrics: ClassVar[dict[str, MetricSpec]] = {}
     Params: ClassVar[type[Params]] = Params
     summary: ClassVar[str] = ""
@@ -201,6 +212,14 @@ def chart(kind: str, title: str, data: dict[str, Any], caption: str | None = Non
 def figure(title: str, svg: str, caption: str | None = None) -> dict[str, Any]:
     """A ready-made SVG (third-party checks); built-in checks emit `chart` data instead."""
     ev: dict[str, Any] = {"type": "figure", "title": title, "svg": svg}
+    if caption:
+        ev["caption"] = caption
+    return ev
+
+
+def tokens(title: str, rows: list[dict[str, Any]], caption: str | None = None) -> dict[str, Any]:
+    """Highlighted text: rows of {"tokens": [...], "scores": [...], "label": "..."} (see above)."""
+    ev: dict[str, Any] = {"type": "tokens", "title": title, "rows": rows}
     if caption:
         ev["caption"] = caption
     return ev

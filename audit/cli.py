@@ -36,7 +36,7 @@ from audit.errors import AuditInputError
 
 EXIT_OK, EXIT_FAIL, EXIT_INPUT, EXIT_ERROR = 0, 1, 2, 3
 EXIT_INTERRUPTED, EXIT_BROKEN_PIPE = 130, 141  # 128 + SIGINT, 128 + SIGPIPE, as a shell reports them
-DEMOS = {"digits": "demo_digits.yaml", "adult": "demo_adult.yaml", "text": "demo_text.yaml"}
+DEMOS = {"digits": "demo_digits.yaml", "adult": "demo_adult.yaml", "text": "demo_text.yaml", "ner": "demo_ner.yaml"}
 DEVICE_PATTERN = r"auto|cpu|cuda(:\d+)?|mps"
 _STATUS_STYLE = {"pass": "green", "warn": "yellow", "fail": "red", "error": "magenta", "skipped": "dim",
                  "info": "cyan"}

@@ -72,8 +72,13 @@ def _logits_of(out: Any) -> torch.Tensor:
 
 
 def logits_to_proba(logits: np.ndarray) -> np.ndarray:
-    """(N, K) softmax, or (N, 1) sigmoid expanded to (N, 2) with class 1 positive."""
+    """(N, K) softmax, or (N, 1) sigmoid expanded to (N, 2) with class 1 positive; (N, W, K)
+    word-level logits get a softmax over the last axis."""
     logits = np.asarray(logits, dtype=np.float64)
+    if logits.ndim == 3:
+        z = logits - logits.max(axis=-1, keepdims=True)
+        e = np.exp(z)
+        return e / e.sum(axis=-1, keepdims=True)
     if logits.shape[1] == 1:
         p = 1.0 / (1.0 + np.exp(-logits[:, 0]))
         return np.stack([1.0 - p, p], axis=1)
@@ -98,6 +103,7 @@ class Context:
         self._logits: dict[str, np.ndarray] = {}
         self._embeddings: dict[str, np.ndarray | None] = {}
         self._embedding_roles: set[str] | None = None
+        self._sub_logits: dict[str, np.ndarray] = {}
         self._derived: dict[tuple[str, str], np.ndarray] = {}
         self._memo: dict[tuple[Any, ...], Any] = {}
 
@@ -287,6 +293,9 @@ class Context:
         return self._logits[key]
 
     def logits(self, name: str) -> np.ndarray:
+        """(N, K) logits of dataset `name`, computed once. For a token-classification
+        dataset, (N, W, K) word-level logits: each word's first sub-token's (0 past the
+        sentence and for words lost to truncation; see `predictions`)."""
         if name not in self._logits:
             self._predict(name, capture=self._embedding_wanted(name))
         return self._logits[name]
@@ -310,6 +319,11 @@ class Context:
             raise ModelError(f"the model raised {type(exc).__name__} on dataset '{name}'"
                              + (f": {first}" if first else "")) from None
         self._validate_output(ds, out)
+        if ds.kind == "tokens":  # word-level: each word's first sub-token (the HF convention)
+            from audit.tokens import gather_words
+
+            self._sub_logits[name] = out
+            out = gather_words(out, ds.word_starts)
         self._logits[name] = out
         if capture:
             self._embeddings[name] = grab.result(len(ds))
@@ -344,6 +358,55 @@ class Context:
             self._embedding_roles = roles
         return name in self._embedding_roles
 
+    def tokenizer(self, name: str) -> Any:
+        """The tokenizer that made dataset `name`'s ids (the model's), to encode new text
+        (perturbations, attributions' decoding); None when the dataset records none."""
+        from audit.tokenize import tokenizer_from_json
+
+        return self.cached(("tokenizer", name), lambda: tokenizer_from_json(self.dataset(name).meta.get("tokenizer")))
+
+    def sub_token_logits(self, name: str) -> np.ndarray:
+        """(N, L, K) per-sub-token logits of a token-classification dataset (the one pass)."""
+        self.logits(name)
+        if name not in self._sub_logits:
+            raise ModelError(f"dataset '{name}' is not token-classification data")
+        return self._sub_logits[name]
+
+    @property
+    def task(self) -> str:
+        """classification or token-classification: the spec's `task:`, else the model's
+        own (a Hugging Face config), else what the data are."""
+        return self._task()[0]
+
+    def _task(self) -> tuple[str, str]:
+        if self.spec.task:
+            return self.spec.task, "declared (task:)"
+        if self.model.task:
+            return self.model.task, f"the model ({self.model.architecture})"
+        kinds = {self.dataset(e.data).kind for e in self.spec.checks} or \
+            {ds.kind for ds in self.loaded_datasets.values()}
+        if "tokens" in kinds:
+            return "token-classification", "the data (words with tags)"
+        return "classification", "the data (one label per sample)"
+
+    def describe_task(self) -> dict[str, str]:
+        task, source = self._task()
+        return {"task": task, "source": source}
+
+    def check_task(self, names: list[str]) -> None:
+        """Every dataset a check uses fits the task: tags per word for token
+        classification, one label per sample otherwise."""
+        from audit.errors import DataError
+
+        task, source = self._task()
+        for name in names:
+            ds = self.dataset(name)
+            tokens = ds.kind == "tokens"
+            if tokens != (task == "token-classification"):
+                what = "words with a tag each (token classification)" if tokens else "one label per sample"
+                raise DataError(f"the task is {task} ({source}) but dataset '{name}' holds {what}",
+                                where=f"dataset '{name}'")
+
     def _derive(self, what: str, name: str, make: Callable[[], np.ndarray]) -> np.ndarray:
         key = (what, name)
         if key not in self._derived:
@@ -362,24 +425,50 @@ class Context:
         return self._derive("proba", name, lambda: logits_to_proba(self.logits(name)))
 
     def predictions(self, name: str) -> np.ndarray:
+        """(N,) predicted classes; for token classification (N, W) word tags: the first
+        sub-token's arg-max, `O` for a word lost to truncation, -1 past the sentence."""
+        ds = self.dataset(name)
+        if ds.kind == "tokens":
+            from audit.tokens import word_predictions
+
+            return self._derive("pred", name, lambda: word_predictions(self.logits(name), ds.word_starts, ds.y,
+                                                                       ds.classes))
         return self._derive("pred", name, lambda: self.probabilities(name).argmax(axis=1))
 
     def losses(self, name: str) -> np.ndarray:
-        """Per-sample cross-entropy of the true class."""
+        """Per-sample cross-entropy of the true class (token classification: the mean over
+        the sentence's words that have a prediction)."""
         def make() -> np.ndarray:
             proba = self.probabilities(name)
-            y = self.dataset(name).y
+            ds = self.dataset(name)
+            y = ds.y
+            if ds.kind == "tokens":
+                ok = (y >= 0) & (ds.word_starts >= 0)
+                p = np.take_along_axis(proba, np.clip(y, 0, None)[:, :, None], axis=2)[:, :, 0]
+                ce = np.where(ok, -np.log(np.clip(p, 1e-15, 1.0)), 0.0)
+                return ce.sum(axis=1) / np.maximum(ok.sum(axis=1), 1)
             return -np.log(np.clip(proba[np.arange(len(y)), y], 1e-15, 1.0))
 
         return self._derive("loss", name, make)
 
     def _validate_output(self, ds: Dataset, out: np.ndarray) -> None:
-        k = out.shape[1]
+        if (ds.kind == "tokens") != (out.ndim == 3):
+            if ds.kind == "tokens":
+                raise ModelError(f"dataset '{ds.name}' is token-classification data (a tag per word) but the model "
+                                 f"returns one output vector per sentence (shape {out.shape}); a token classifier "
+                                 f"returns (N, L, K) logits per sub-token")
+            raise ModelError(f"the model returns one output vector per token (shape {out.shape}) but dataset "
+                             f"'{ds.name}' holds one label per sample: is it a token classifier? (task: "
+                             f"token-classification needs CoNLL or JSONL tokens and tags)")
+        k = out.shape[-1]
         if not np.isfinite(out).all():
-            bad = int((~np.isfinite(out)).any(axis=1).sum())
+            bad = int((~np.isfinite(out)).reshape(len(out), -1).any(axis=1).sum())
             raise ModelError(f"the model produced NaN or infinite outputs for {bad} of {len(ds)} "
                              f"samples of dataset '{ds.name}'")
         expected = ds.n_classes
+        if ds.kind == "tokens" and k != expected:
+            raise ModelError(f"the model outputs {k} tag scores per token but dataset '{ds.name}' has {expected} "
+                             f"tags ({', '.join(ds.classes[:20])})")
         if not (k == expected or (k == 1 and expected == 2)):
             raise ModelError(f"the model outputs {k} values per sample but dataset '{ds.name}' "
                              f"has {expected} classes ({', '.join(ds.classes[:10])})")

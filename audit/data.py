@@ -56,6 +56,7 @@ from audit.spec import AuditSpec, DataEntry
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 TABLE_SUFFIXES = (".csv", ".parquet")
+TEXT_SUFFIXES = (".jsonl", ".conll", ".bio", ".iob")  # and CSV/Parquet with a `text:` column
 RESERVED_NPZ_KEYS = ("x", "y", "classes")  # and the array `label` names; every other array is sensitive
 _VALIDATE_CHUNK_ROWS = 100_000  # `audit validate` streams table features in chunks of this many rows
 
@@ -146,10 +147,10 @@ def load_dataset(spec: AuditSpec, name: str, *, get_dataset: Callable[[str], Dat
             raise DataError(str(exc), where=f"dataset '{name}'") from None
     # a copy when renaming, so a `from` source held by the context keeps its own name
     ds = ds if ds.name == name else dataclasses.replace(ds, name=name)
-    if ds.kind == "text":  # a Hugging Face model reads its own tokenizer's ids
-        from audit.hf import tokenize_for_model
+    if ds.kind in ("text", "tokens"):  # tokenization belongs to the model
+        from audit.tokenize import tokenize_for_model
 
-        ds = tokenize_for_model(spec, ds)
+        ds = tokenize_for_model(spec, ds, get_dataset)
     return ds
 
 
@@ -167,7 +168,15 @@ def summarize_dataset(spec: AuditSpec, name: str, *, get_summary: Callable[[str]
                               meta=ds.meta, notices=ds.notices)
     else:
         path, where = _check_path(src, name, entry)
-        if path.is_dir():
+        if _is_text_file(path, entry):
+            ds = _load_text_file(src, name, entry, path, where)  # labels and tags are read whole anyway
+            summary = DataSummary(name=name, kind=ds.kind, n=len(ds), classes=ds.classes,
+                                  sensitive=list(ds.sensitive), features=None, meta=ds.meta, notices=ds.notices,
+                                  description=_describe_file(path) + ": " + _summary_line(
+                                      ds.kind, len(ds), ClassOrder(ds.classes, ds.meta["class_order"]["source"],
+                                                                   ds.meta["class_order"]["declared"]),
+                                      list(ds.sensitive), ds.meta.get("inputs", "")))
+        elif path.is_dir():
             summary = _summarize_image_folder(src, name, entry, path, where)
         elif path.suffix.lower() == ".npz":
             summary = _summarize_npz(src, name, entry, path, where)
@@ -262,6 +271,23 @@ def model_class_order(spec: AuditSpec) -> ClassOrder | None:
     ms = spec.model
     if ms.classes:
         return ClassOrder(list(ms.classes), "model.classes", declared=True)
+    if ms.fixture:
+        from fixtures.hf_models import HF_FIXTURES
+
+        if ms.fixture in HF_FIXTURES:  # a built-in Hugging Face model: its id2label is its data's classes
+            from fixtures.datasets import load_fixture_dataset
+
+            classes = load_fixture_dataset(HF_FIXTURES[ms.fixture].dataset, "train").classes
+            return ClassOrder(list(classes), "id2label", declared=True)
+        from fixtures.models import MODEL_FIXTURES
+
+        r = MODEL_FIXTURES.get(ms.fixture)
+        if r is not None and r.architecture == "text_transformer":  # its classes are its recipe's data's
+            from fixtures.datasets import load_fixture_dataset
+
+            return ClassOrder(list(load_fixture_dataset(r.dataset, r.split).classes), f"fixture {ms.fixture}",
+                              declared=True)
+        return None
     if not ms.path:
         return None
     path = spec.resolve(ms.path)
@@ -368,24 +394,54 @@ def _check_path(src: _Source, name: str, entry: DataEntry) -> tuple[Path, str]:
     if not path.exists():
         raise DataError(f"data file not found: {path}", where=where)
     suffix = path.suffix.lower()
-    if not path.is_dir() and suffix != ".npz" and suffix not in TABLE_SUFFIXES:
-        raise DataError(f"unsupported data file type '{path.suffix}': use .npz, .csv, .parquet "
-                        f"or a folder of images with one sub-folder per class", where=where)
+    if not path.is_dir() and suffix != ".npz" and suffix not in TABLE_SUFFIXES and suffix not in TEXT_SUFFIXES:
+        raise DataError(f"unsupported data file type '{path.suffix}': use .npz, .csv, .parquet, .jsonl, CoNLL "
+                        f"(.conll, .bio, .iob) or a folder of images with one sub-folder per class", where=where)
+    text_file = suffix in TEXT_SUFFIXES or entry.text is not None or entry.kind in ("text", "tokens") and \
+        suffix in TABLE_SUFFIXES
+    if text_file:
+        from audit.textdata import CONLL_SUFFIXES
+
+        if entry.features is not None:
+            raise DataError("`features` applies to tabular data, not text", where=where)
+        if suffix in CONLL_SUFFIXES and entry.text is not None:
+            raise DataError(f"a {suffix} file holds tokens and tags, one per line; `text:` names the text column "
+                            f"of a CSV, Parquet or JSONL file", where=where)
+        if suffix in TABLE_SUFFIXES and entry.text is None:
+            raise DataError(f"`kind: {entry.kind}` in a {suffix} file: name the column holding the raw text with "
+                            f"`text:` (token-classification data go in CoNLL or JSONL files)", where=where)
+        if (entry.tokens or entry.tags) and suffix != ".jsonl":
+            raise DataError("`tokens` and `tags` name the keys of a JSONL file", where=where)
+        if entry.text is not None and (entry.tokens or entry.tags or entry.kind == "tokens"):
+            raise DataError("give `text:` (text classification) or tokens and tags (token classification), "
+                            "not both", where=where)
+    elif entry.text is not None:
+        raise DataError("`text:` names the raw-text column of a CSV, Parquet or JSONL file", where=where)
+    if entry.scheme is not None and not (suffix in TEXT_SUFFIXES and entry.text is None):
+        raise DataError("`scheme` applies to token-classification files (CoNLL, JSONL with tokens and tags)",
+                        where=where)
     if entry.image_size is not None and not path.is_dir():
         raise DataError("`image_size` applies to image folders", where=where)
     if path.is_dir() and entry.kind not in (None, "image"):
         raise DataError(f"an image folder holds images, not `kind: {entry.kind}`", where=where)
     if path.is_dir() and entry.features is not None:
         raise DataError("`features` applies to .npz, .csv and .parquet files, not image folders", where=where)
-    if suffix in TABLE_SUFFIXES and entry.kind not in (None, "tabular"):
+    if suffix in TABLE_SUFFIXES and not text_file and entry.kind not in (None, "tabular"):
         raise DataError(f"a {suffix} file is read as tabular features, not `kind: {entry.kind}` "
-                        f"(token ids go in an .npz file with `kind: text`)", where=where)
+                        f"(raw text: name its column with `text:`; token ids go in an .npz file with `kind: text`)",
+                        where=where)
     return path, where
+
+
+def _is_text_file(path: Path, entry: DataEntry) -> bool:
+    return not path.is_dir() and (path.suffix.lower() in TEXT_SUFFIXES or entry.text is not None)
 
 
 def _load_path(src: _Source, name: str, entry: DataEntry) -> Dataset:
     path, where = _check_path(src, name, entry)
-    if path.is_dir():
+    if _is_text_file(path, entry):
+        ds = _load_text_file(src, name, entry, path, where)
+    elif path.is_dir():
         ds = _load_image_folder(src, name, entry, path, where)
     elif path.suffix.lower() == ".npz":
         ds = _load_npz(src, name, entry, path, where)
@@ -393,15 +449,16 @@ def _load_path(src: _Source, name: str, entry: DataEntry) -> Dataset:
         ds = _load_table(src, name, entry, path, where)
     if len(ds) == 0:
         raise DataError("the dataset is empty", where=where)
-    if ds.kind != "text":
+    if ds.kind not in ("text", "tokens"):
         _check_finite(ds.x, "x", where)
     ds.source = _describe_file(path) + (f" (label column '{ds.meta['label']}')" if "label" in ds.meta else "")
     return ds
 
 
 def _describe_file(path: Path) -> str:
-    what = "image folder" if path.is_dir() else {".npz": "npz file", ".csv": "CSV file"}.get(
-        path.suffix.lower(), "Parquet file")
+    what = "image folder" if path.is_dir() else {".npz": "npz file", ".csv": "CSV file", ".jsonl": "JSONL file",
+                                                 ".conll": "CoNLL file", ".bio": "CoNLL file",
+                                                 ".iob": "CoNLL file"}.get(path.suffix.lower(), "Parquet file")
     return f"{what} {path}"
 
 
@@ -915,3 +972,87 @@ def _summarize_image_folder(src: _Source, name: str, entry: DataEntry, path: Pat
                        features=None, meta=meta, notices=notices,
                        description=f"{_describe_file(path)}: " + _summary_line("image", len(folder.files), order, [],
                                                                                inputs))
+
+
+# ---- text and token files (audit.textdata reads them) ------------------------------------
+def _known_labels(labels: _Labels, values: Sequence[str], lines: Sequence[str], what: str) -> None:
+    """Labels the reference order (the model's, or train's) does not know: one message
+    naming the first line where each occurs, and both lists."""
+    ref = labels.reference()
+    if ref is None:
+        return
+    known = set(ref.classes)
+    unknown: dict[str, str] = {}
+    for v, line in zip(values, lines):
+        if v not in known and v not in unknown:
+            unknown[v] = line
+    if unknown:
+        first = ", ".join(f"'{v}' ({line})" for v, line in list(unknown.items())[:5])
+        data_labels = sorted(set(values))
+        raise DataError(f"{what} {first} {'is' if len(unknown) == 1 else 'are'} not among the classes in {ref.source} "
+                        f"({', '.join(ref.classes[:30])}); the data's {what}s: {', '.join(data_labels[:30])}",
+                        where=labels.where)
+
+
+def _load_text_file(src: _Source, name: str, entry: DataEntry, path: Path, where: str) -> Dataset:
+    from audit.textdata import is_token_file
+
+    if is_token_file(path, entry):
+        return _load_token_file(src, name, entry, path, where)
+    from audit.textdata import read_text_rows
+
+    rows = read_text_rows(path, entry, where)
+    labels = _Labels(src, name, where, entry.path or path.name)
+    _known_labels(labels, [str(v) for v in rows.labels], rows.lines, "label")
+    y, order = labels.by_name(rows.labels)
+    n = len(rows.texts)
+    ds = Dataset(name=name, x=np.zeros((n, 0), np.int64), y=y, kind="text", classes=order.classes,
+                 sensitive=rows.sensitive,
+                 meta={"path": str(path), "label": rows.label, "text": rows.text, "texts": rows.texts,
+                       "lines": rows.lines,
+                       "inputs": f"raw text in column '{rows.text}'",
+                       "examples": [{"text": t[:200], "label": order.classes[int(c)]}
+                                    for t, c in zip(rows.texts[:3], y[:3])]})
+    _record_order(name, order, ds.meta, ds.notices)
+    return ds
+
+
+def _load_token_file(src: _Source, name: str, entry: DataEntry, path: Path, where: str) -> Dataset:
+    from audit.textdata import read_token_rows
+    from audit.tokens import infer_scheme, invalid_iob
+
+    rows = read_token_rows(path, entry, where)
+    conll = path.suffix.lower() != ".jsonl"
+    flat = [t for tags in rows.tags for t in tags]
+    word_lines = [f"line {start + w if conll else start}" for start, tags in zip(rows.lines, rows.tags)
+                  for w in range(len(tags))]
+    labels = _Labels(src, name, where, entry.path or path.name)
+    _known_labels(labels, flat, word_lines, "tag")
+    codes, order = labels.by_name(np.asarray(flat))
+    n = len(rows.words)
+    width = max(len(w) for w in rows.words)
+    y = np.full((n, width), -1, dtype=np.int64)
+    k = 0
+    for i, tags in enumerate(rows.tags):
+        y[i, : len(tags)] = codes[k:k + len(tags)]
+        k += len(tags)
+    scheme = entry.scheme or infer_scheme(rows.tags)
+    bad = invalid_iob(rows.tags, scheme)
+    invalid = [{"sentence": b.sentence, "word": b.word, "tag": b.tag, "previous": b.previous or "(start)",
+                "line": (rows.lines[b.sentence] + b.word) if conll else rows.lines[b.sentence]} for b in bad[:200]]
+    from audit.textdata import group_strings
+
+    sensitive = {a: group_strings(rows.attributes[a]) for a in entry.sensitive}
+    ds = Dataset(name=name, x=np.zeros((n, 0), np.int64), y=y, kind="tokens", classes=order.classes,
+                 sensitive=sensitive,
+                 meta={"path": str(path), "words": rows.words, "lines": rows.lines, "line_kind": "line",
+                       "inputs": f"{len(flat)} words in {n} sentences",
+                       "tag_scheme": {"scheme": scheme, "declared": entry.scheme is not None,
+                                      "invalid": len(bad), "invalid_sentences": len({b.sentence for b in bad})},
+                       "invalid_iob": invalid})
+    _record_order(name, order, ds.meta, ds.notices)
+    if bad:
+        first = invalid[0]
+        ds.notices.append(f"dataset '{name}': {len(bad)} tag(s) break the {scheme} scheme (first: line "
+                          f"{first['line']}, '{first['tag']}' after '{first['previous']}'); data.integrity reports them")
+    return ds

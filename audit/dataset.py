@@ -9,13 +9,19 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
-Kind = Literal["image", "tabular", "text"]
+Kind = Literal["image", "tabular", "text", "tokens"]
 
 
 @dataclass
 class Dataset:
-    """x: images (N, C, H, W) float32, tabular (N, F) float32, text (N, L) int64 token ids.
-    y: (N,) int64 class indices into `classes`."""
+    """x: images (N, C, H, W) float32, tabular (N, F) float32, text and tokens (N, L)
+    int64 token ids of the model's tokenizer, right-padded with its pad id.
+    y: (N,) int64 class indices into `classes`; for token classification ("tokens": one
+    sentence per row) (N, W) int64 word-level tag indices into `classes`, -1 past the
+    sentence's last word. `word_starts` (tokens only, (N, W)) is the position in `x` of
+    each word's first sub-token, -1 past the last word and for words lost to truncation:
+    a word's prediction is its first sub-token's (the Hugging Face convention). The raw
+    texts (`meta["texts"]`) or words (`meta["words"]`) travel with the ids."""
 
     name: str
     x: np.ndarray
@@ -29,6 +35,7 @@ class Dataset:
     feature_names: list[str] | None = None
     feature_groups: dict[str, list[int]] | None = None
     continuous: np.ndarray | None = None
+    word_starts: np.ndarray | None = None
     source: str = ""
     # meta["class_order"]: {"classes", "source", "declared"} (see audit.data); the report shows it
     meta: dict[str, Any] = field(default_factory=dict)
@@ -50,19 +57,39 @@ class Dataset:
             h = hashlib.sha256()
             h.update(np.ascontiguousarray(self.x).tobytes())
             h.update(np.ascontiguousarray(self.y).tobytes())
+            if self.word_starts is not None:
+                h.update(np.ascontiguousarray(self.word_starts).tobytes())
             for key in sorted(self.sensitive):
                 h.update(key.encode())
                 h.update(np.asarray(self.sensitive[key]).astype(str).tobytes())
             self._sha256 = h.hexdigest()
         return self._sha256
 
+    @property
+    def word_mask(self) -> np.ndarray:
+        """(N, W) bool: the real words of a token-classification dataset."""
+        return np.asarray(self.y) >= 0
+
     def describe(self) -> dict[str, Any]:
-        return {
+        labels = self.y[self.y >= 0] if self.kind == "tokens" else self.y
+        out = {
             "name": self.name, "kind": self.kind, "n": len(self), "shape": list(self.x.shape[1:]),
-            "classes": self.classes, "class_counts": np.bincount(self.y, minlength=self.n_classes).tolist(),
+            "classes": self.classes, "class_counts": np.bincount(labels, minlength=self.n_classes).tolist(),
             "sensitive": sorted(self.sensitive), "source": self.source, "sha256": self.sha256,
             "class_order": self.meta.get("class_order"), "notices": list(self.notices),
         }
+        if self.kind == "tokens":
+            out["words"] = int(labels.size)
+        if "examples" not in self.meta and self.kind in ("text", "tokens"):
+            raw = self.meta.get("texts") if self.kind == "text" else self.meta.get("words")
+            if raw:
+                out["examples"] = [{"text": (t if isinstance(t, str) else " ".join(t))[:200],
+                                    "label": self.classes[int(c)] if self.kind == "text" else "sentence"}
+                                   for t, c in zip(raw[:3], self.y[:3] if self.kind == "text" else range(3))]
+        for key in ("tokenizer_summary", "truncation", "examples", "tag_scheme"):
+            if self.meta.get(key) is not None:
+                out[key] = self.meta[key]
+        return out
 
 
 @dataclass
@@ -78,6 +105,8 @@ class LoadedModel:
     factory: Any = None
     # Counted when loaded: the context later freezes every weight for input-only gradients.
     trainable_params: int | None = None
+    # "classification" or "token-classification" when the model states it (a Hugging Face config)
+    task: str | None = None
 
     def card(self) -> dict[str, Any]:
         params = sum(p.numel() for p in self.module.parameters())

@@ -112,3 +112,67 @@ def check_label_order(ds: Dataset, logits: np.ndarray) -> None:
     problem = label_order_problem(ds.y, logits, ds.classes, str(order.get("source", "data")))
     if problem:
         raise DataError(problem, where=f"dataset '{ds.name}'")
+
+
+def token_alignment_problem(y: np.ndarray, word_starts: np.ndarray, sub_logits: np.ndarray,
+                            classes: list[str]) -> str | None:
+    """A message when a token classifier's predictions fit the tags one sub-token later
+    (or earlier) far better than at each word's first sub-token, where the audit reads
+    them: the labels were aligned to the wrong sub-token (a shifted label sequence, a
+    forgotten [CLS] offset). Judged on the words inside entities (O would agree under any
+    shift), by McNemar's exact test on the words where exactly one reading is right."""
+    from scipy.stats import binom
+
+    y = np.asarray(y)
+    n_pos = sub_logits.shape[1]
+    ok = (y >= 0) & (word_starts >= 0)
+    if "O" in classes:
+        ok &= y != classes.index("O")
+    rows, cols = np.nonzero(ok)
+    if rows.size == 0:
+        return None
+    starts = word_starts[rows, cols]
+    gold = y[rows, cols]
+    pred0 = sub_logits[rows, starts].argmax(axis=-1)
+    right0 = pred0 == gold
+    for shift, word in ((1, "later"), (-1, "earlier")):
+        pos = starts + shift
+        inside = (pos >= 0) & (pos < n_pos)
+        if inside.sum() == 0:
+            continue
+        pred_s = sub_logits[rows[inside], pos[inside]].argmax(axis=-1)
+        right_s = pred_s == gold[inside]
+        r0 = right0[inside]
+        b = int((r0 & ~right_s).sum())
+        c = int((right_s & ~r0).sum())
+        if c <= b or b + c == 0:
+            continue
+        p = float(binom.sf(c - 1, b + c, 0.5))
+        acc0, acc_s = float(r0.mean()), float(right_s.mean())
+        if p < ALPHA and acc_s - acc0 > 0.2:
+            return (f"the model's tags fit the words one sub-token {word} ({acc_s:.3f} of {int(inside.sum())} entity "
+                    f"words right) far better than at each word's first sub-token ({acc0:.3f}), where word-level "
+                    f"predictions are read (the Hugging Face convention; McNemar p {_p(p)}): the labels look "
+                    f"shifted by one sub-token against the tokens (labels aligned to the wrong sub-token when the "
+                    f"model was trained, or a missing special-token offset). Fix the alignment and retrain; every "
+                    f"metric read at the first sub-token would be wrong")
+    return None
+
+
+def _p(p: float) -> str:
+    return f"= {p:.1g}" if p > 0 else "< 1e-300"
+
+
+def check_token_alignment(ds: Dataset, sub_logits: np.ndarray) -> None:
+    """Stop the audit (DataError) when a token classifier's labels are shifted by one
+    sub-token (see `token_alignment_problem`)."""
+    if ds.word_starts is None:
+        return
+    order = ds.meta.get("class_order") or {}
+    if not order.get("declared", True):  # no test can tell a permutation of tags from a weak model
+        raise DataError(f"the tag order was taken from the {order.get('source', 'data')}, but a token classifier's "
+                        f"outputs must be named: declare `model.classes` with the tag of each output, in order (or "
+                        f"give the model's config.json an id2label)", where=f"dataset '{ds.name}'")
+    problem = token_alignment_problem(ds.y, ds.word_starts, sub_logits, ds.classes)
+    if problem:
+        raise DataError(problem, where=f"dataset '{ds.name}'")

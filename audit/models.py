@@ -312,10 +312,10 @@ def inspect_model(spec: AuditSpec) -> str:
         saved = f", saved to {ms.save}" if ms.save else ""
         return f"trained by the audit: {t.architecture} on dataset '{t.data}', {t.epochs} epochs{saved}"
     if ms.fixture is not None:
-        from fixtures.models import MODEL_FIXTURES
+        from fixtures.models import fixture_names
 
-        if ms.fixture not in MODEL_FIXTURES:
-            raise ModelError(f"unknown model fixture '{ms.fixture}'.{did_you_mean(ms.fixture, MODEL_FIXTURES)}",
+        if ms.fixture not in fixture_names():
+            raise ModelError(f"unknown model fixture '{ms.fixture}'.{did_you_mean(ms.fixture, fixture_names())}",
                              where="model.fixture")
         return f"built-in fixture {ms.fixture} (trained deterministically on first use, then cached)"
     path = spec.resolve(ms.path or "")

@@ -20,7 +20,7 @@ from audit import __version__
 from audit.check import DEFAULT_CONFIDENCE, Check, Measurement
 from audit.context import Context
 from audit.errors import AuditInputError, SkipCheck
-from audit.labels import check_label_order
+from audit.labels import check_label_order, check_token_alignment
 from audit.registry import registry
 from audit.results import CheckResult, Results, ThresholdResult, jsonable
 from audit.spec import AuditSpec, CheckEntry
@@ -44,9 +44,14 @@ class Runner:
         ctx = self.ctx
         _ = ctx.model
         roles = {e.data for e in self.spec.checks} or set(self.spec.data)
+        ctx.check_task(sorted(roles))
         for role in sorted(roles):
             ctx.preflight(role)
-            check_label_order(ctx.dataset(role), ctx.logits(role))  # an order guessed from the data
+            ds = ctx.dataset(role)
+            if ds.kind == "tokens":  # labels shifted against the sub-tokens
+                check_token_alignment(ds, ctx.sub_token_logits(role))
+            else:
+                check_label_order(ds, ctx.logits(role))  # an order guessed from the data
         for entry in self.spec.checks:
             cls = registry.get(entry.check)
             if self.missing(cls, entry.typed_params):
@@ -133,6 +138,8 @@ class Runner:
             "model_sha256": model.sha256 if model else None,
             "data_sha256": {name: ds.sha256 for name, ds in ctx.loaded_datasets.items()},
             "seed": self.spec.seed, "device": str(ctx.device),
+            **({"task": ctx.describe_task()["task"], "task_source": ctx.describe_task()["source"]}
+               if model else {}),
             "versions": {"python": platform.python_version(), "torch": torch.__version__,
                          "numpy": np.__version__, "audit": __version__, **_lib_versions()},
             "platform": platform.platform(),

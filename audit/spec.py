@@ -57,7 +57,15 @@ class DataEntry(_Strict):
     # input columns (CSV/Parquet columns, or npz arrays stacked as columns), in this order
     features: list[str] | None = Field(None, min_length=1)
     # what x holds; integers are token ids only with `kind: text` (see the README's data contract)
-    kind: Literal["image", "tabular", "text"] | None = None
+    kind: Literal["image", "tabular", "text", "tokens"] | None = None
+    # text data: the column (CSV, Parquet, JSONL) holding the raw text of each row
+    text: str | None = None
+    # token-classification JSONL: the keys holding each sentence's words and tags
+    tokens: str | None = None
+    tags: str | None = None
+    # token-classification tags: IOB2 (every entity starts with B-) or IOB1 (I- starts an
+    # entity, B- only between two adjacent entities of one type); default: inferred
+    scheme: Literal["IOB1", "IOB2"] | None = None
     # [H, W]: image folders of mixed sizes are resized to it (and the dataset records it)
     image_size: tuple[int, int] | None = None
     from_: str | None = Field(None, alias="from")
@@ -162,12 +170,18 @@ class CheckEntry(_Strict):
         return own
 
 
+TASKS = ("classification", "token-classification")
+
+
 class AuditSpec(_Strict):
     name: str
     standard: str | None = None
     # standard profiles (audit.standards): shipped names or YAML paths; a known profile
     # name in `standard` selects that profile too, any other `standard` is a subtitle
     standards: list[str] = Field(default_factory=list)
+    # classification (one label per sample) or token-classification (one tag per word);
+    # default: inferred from the model (a Hugging Face config's architecture) and the data
+    task: Literal["classification", "token-classification"] | None = None
     seed: int = 0
     device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?|mps)$")
     # `holm`: the chance that any pass in the audit is wrong is at most 1 - confidence
@@ -264,7 +278,7 @@ def _select_standards(spec: AuditSpec, check_registry: bool) -> None:
                                      check_registry=check_registry)
 
 
-_TOP_KEYS = ("name", "standard", "standards", "seed", "device", "familywise", "model", "data", "domains", "checks")
+_TOP_KEYS = ("name", "standard", "standards", "task", "seed", "device", "familywise", "model", "data", "domains", "checks")
 
 
 def _reject_unknown_top(body: dict, source: str) -> None:

@@ -13,6 +13,8 @@ A text `Dataset` (kind "text") carries:
 vocabulary built from training texts (most frequent first; ties alphabetical, so the
 same texts give the same vocabulary), unknown words to `<unk>`, and truncates/pads to a
 fixed length. A model trained on such data saves the tokenizer in its recipe.
+
+Tokenization belongs to the model: see `audit.tokenize`.
 """
 
 from __future__ import annotations
@@ -26,6 +28,17 @@ from typing import Any
 import numpy as np
 
 PAD, UNK = "<pad>", "<unk>"
+
+
+@dataclass
+class Encoded:
+    """Token ids of a batch of texts or sentences, and what truncation cost."""
+
+    x: np.ndarray  # (N, L) int64, right-padded
+    word_starts: np.ndarray | None  # (N, W) first sub-token of each word, -1 if none (sentences)
+    truncated_rows: int
+    tokens_lost: int  # sub-tokens cut
+    words_lost: int  # words with no sub-token left (sentences)
 PAD_ID, UNK_ID = 0, 1
 _WORD = re.compile(r"[a-z0-9]+(?:['-][a-z0-9]+)*|[^\sa-z0-9]")
 
@@ -62,12 +75,55 @@ class WordTokenizer:
         return len(self.vocab)
 
     def encode(self, texts: Sequence[str]) -> np.ndarray:
-        index = {w: i for i, w in enumerate(self.vocab)}
+        return self.encode_texts(texts).x
+
+    def _index(self) -> dict[str, int]:
+        return {w: i for i, w in enumerate(self.vocab)}
+
+    def encode_texts(self, texts: Sequence[str]) -> Encoded:
+        index = self._index()
         out = np.full((len(texts), self.max_len), PAD_ID, dtype=np.int64)
+        rows = lost = 0
         for row, t in enumerate(texts):
-            ids = [index.get(w, UNK_ID) for w in split_words(t)[: self.max_len]]
+            words = split_words(t)
+            if len(words) > self.max_len:
+                rows, lost = rows + 1, lost + len(words) - self.max_len
+            ids = [index.get(w, UNK_ID) for w in words[: self.max_len]]
             out[row, : len(ids)] = ids
-        return out
+        return Encoded(out, None, rows, lost, 0)
+
+    def encode_words(self, sentences: Sequence[Sequence[str]]) -> Encoded:
+        """Each word is split like a text (punctuation apart) into one or more tokens."""
+        index = self._index()
+        width = max((len(s) for s in sentences), default=1)
+        out = np.full((len(sentences), self.max_len), PAD_ID, dtype=np.int64)
+        starts = np.full((len(sentences), max(width, 1)), -1, dtype=np.int64)
+        rows = lost = words_lost = 0
+        for row, sent in enumerate(sentences):
+            pos = 0
+            cut = False
+            for w, word in enumerate(sent):
+                pieces = split_words(word) or [word.lower()]
+                if pos + len(pieces) > self.max_len:
+                    cut = True
+                    lost += len(pieces)
+                    words_lost += 1
+                    continue
+                starts[row, w] = pos
+                out[row, pos:pos + len(pieces)] = [index.get(p, UNK_ID) for p in pieces]
+                pos += len(pieces)
+            rows += cut
+        return Encoded(out, starts, rows, lost, words_lost)
+
+    @property
+    def special_ids(self) -> list[int]:
+        return [PAD_ID]
+
+    def id_to_token(self) -> list[str]:
+        return list(self.vocab)
+
+    def summary(self) -> dict[str, Any]:
+        return {"type": "word", "vocab_size": len(self.vocab), "max_len": self.max_len}
 
     def decode(self, ids: Sequence[int]) -> list[str]:
         return [self.vocab[i] for i in ids if i != PAD_ID]

@@ -146,7 +146,17 @@ TRANSFORMS: dict[str, TransformInfo] = {
     "pixelate": TransformInfo(("image",), "down-sampling factor", (0.6, 0.5, 0.4, 0.3, 0.25)),
     "feature_noise": TransformInfo(("tabular",), "Gaussian noise on continuous columns, in column stds", (0.1, 0.2, 0.3, 0.5, 0.8)),
     "feature_scale": TransformInfo(("tabular",), "continuous columns multiplied by", (1.1, 1.25, 1.5, 1.75, 2.0)),
+    # text and token data (audit.perturb): the raw text or words change, the model's tokenizer re-encodes them
+    "typos": TransformInfo(("text", "tokens"), "character typos, share of words", (0.05, 0.1, 0.15, 0.25, 0.4)),
+    "case": TransformInfo(("text", "tokens"), "all lower case (or capitalised), share of rows",
+                          (0.2, 0.4, 0.6, 0.8, 1.0)),
+    "punctuation": TransformInfo(("text", "tokens"), "final punctuation dropped or added, share of rows",
+                                 (0.2, 0.4, 0.6, 0.8, 1.0)),
+    "whitespace": TransformInfo(("text",), "irregular whitespace, share of rows", (0.2, 0.4, 0.6, 0.8, 1.0)),
+    "contractions": TransformInfo(("text", "tokens"), "contractions expanded or made, share of rows",
+                                  (0.2, 0.4, 0.6, 0.8, 1.0)),
 }
+_TEXT_OPS = ("typos", "case", "punctuation", "whitespace", "contractions")
 
 
 def transforms_for(kind: str) -> list[str]:
@@ -167,6 +177,8 @@ def apply_transform(ds: Dataset, transform: str, severity: int, rng: np.random.G
     if not 1 <= int(severity) <= 5:
         raise DataError(f"severity must be 1..5, got {severity}")
     level = float(info.levels[int(severity) - 1])
+    if ds.kind in ("text", "tokens"):
+        return _text_transform(ds, transform, severity, level, rng)
     if ds.kind == "image":
         with torch.no_grad():
             out = _IMAGE_OPS[transform](torch.as_tensor(ds.x, dtype=torch.float32), level, rng)
@@ -177,3 +189,51 @@ def apply_transform(ds: Dataset, transform: str, severity: int, rng: np.random.G
         ds, name=f"{ds.name}:{transform}@{severity}", x=x, y=ds.y.copy(), sensitive=dict(ds.sensitive),
         source=f"{ds.source or ds.name} under {transform} at severity {severity}",
         meta={**ds.meta, "transform": transform, "severity": int(severity), "from": ds.name}, _sha256=None)
+
+
+def _text_transform(ds: Dataset, transform: str, severity: int, level: float, rng: np.random.Generator) -> Dataset:
+    """Raw texts (or words with their tags) perturbed; the ids are dropped so that the
+    data loader re-encodes them with the model's tokenizer. Typos touch `level` of the
+    words of every row; the other transforms apply to a `level` share of the rows."""
+    from audit.perturb import perturb_text, perturb_words
+
+    rate = level if transform == "typos" else 0.1
+    share = 1.0 if transform == "typos" else level
+    meta = {k: v for k, v in ds.meta.items() if k not in ("tokenizer", "tokenizer_summary", "truncation",
+                                                          "id_to_token", "examples")}
+    changed = 0
+    y = ds.y
+    if ds.kind == "text":
+        texts = list(ds.meta.get("texts") or [])
+        if len(texts) != len(ds):
+            raise DataError(f"transform '{transform}' changes raw text, and dataset '{ds.name}' carries none "
+                            f"(token ids only)")
+        out = []
+        for t in texts:
+            new = perturb_text(transform, t, rng, rate) if rng.random() < share else None
+            changed += new is not None
+            out.append(new if new is not None else t)
+        meta["texts"] = out
+    else:
+        words = ds.meta.get("words")
+        if words is None or len(words) != len(ds):
+            raise DataError(f"transform '{transform}' changes words, and dataset '{ds.name}' carries none")
+        classes = list(ds.classes)
+        new_words, new_tags = [], []
+        for i, ws in enumerate(words):
+            tags = [classes[int(v)] for v in ds.y[i] if v >= 0]
+            edit = perturb_words(transform, ws, tags, rng, rate) if rng.random() < share else None
+            changed += edit is not None
+            new_words.append(list(edit.words) if edit else list(ws))
+            new_tags.append(list(edit.tags) if edit else tags)
+        index = {c: j for j, c in enumerate(classes)}
+        y = np.full((len(ds), max(len(t) for t in new_tags)), -1, dtype=np.int64)
+        for i, tags in enumerate(new_tags):
+            y[i, : len(tags)] = [index[t] for t in tags]
+        meta["words"] = new_words
+    meta.update(transform=transform, severity=int(severity), **{"from": ds.name}, changed_rows=changed)
+    return dataclasses.replace(
+        ds, name=f"{ds.name}:{transform}@{severity}", x=np.zeros((len(ds), 0), np.int64), y=y, word_starts=None,
+        sensitive=dict(ds.sensitive), source=f"{ds.source or ds.name} under {transform} at severity {severity} "
+                                             f"({changed} of {len(ds)} rows changed)",
+        meta=meta, _sha256=None)

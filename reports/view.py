@@ -165,10 +165,45 @@ def _evidence_view(ev: Any) -> dict[str, Any]:
         return _figure(title, ev.get("caption"), lambda: ev.get("svg") or "")
     if kind == "text":
         return {"type": "text", "title": title, "text": str(ev.get("text") or "")}
+    if kind == "tokens":
+        return _tokens_view(ev, title)
     if kind == "flags":  # results written before flags moved to the check's `flags`
         return {"type": "flags", "title": title, "flags": _flag_items(ev.get("flags"))}
     return {"type": "raw", "title": title or f"Evidence ({kind})",
             "text": json.dumps(ev, indent=2, default=str, ensure_ascii=False)}
+
+
+_TOKEN_ROWS, _TOKENS_PER_ROW = 40, 400  # drawn at most; the rest is said
+
+
+def _token_style(score: Any, scale: float) -> str:
+    """Background colour from a number only (never from the data's text): warm for a
+    positive score, cool for a negative one, opacity by |score| / the row's largest."""
+    if not is_number(score) or not scale:
+        return ""
+    s = max(-1.0, min(1.0, float(score) / scale))
+    r, g, b = (213, 94, 0) if s >= 0 else (0, 114, 178)
+    return f"background-color: rgba({r}, {g}, {b}, {0.8 * abs(s):.3f})"
+
+
+def _tokens_view(ev: Mapping[str, Any], title: str) -> dict[str, Any]:
+    """Highlighted text: each token an escaped span with an inline colour from its score."""
+    rows = []
+    raw_rows = [r for r in ev.get("rows") or [] if isinstance(r, Mapping)]
+    for r in raw_rows[:_TOKEN_ROWS]:
+        toks = [str(t) for t in (r.get("tokens") or [])][:_TOKENS_PER_ROW]
+        scores = list(r.get("scores") or [])[: len(toks)]
+        scores += [None] * (len(toks) - len(scores))
+        focus = r.get("focus") if isinstance(r.get("focus"), int) and not isinstance(r.get("focus"), bool) else None
+        finite = [abs(float(v)) for j, v in enumerate(scores) if is_number(v) and j != focus]
+        scale = max(finite) if finite else 0.0
+        rows.append({"label": str(r.get("label") or ""),
+                     "tokens": [{"text": t, "style": _token_style(v, scale), "focus": j == focus,
+                                 "score": format_number(v) if is_number(v) else ""}
+                                for j, (t, v) in enumerate(zip(toks, scores))],
+                     "more": max(0, len(r.get("tokens") or []) - _TOKENS_PER_ROW)})
+    return {"type": "tokens", "title": title, "caption": str(ev.get("caption") or ""), "rows": rows,
+            "more": max(0, len(raw_rows) - _TOKEN_ROWS)}
 
 
 # --------------------------------------------------------------------------- checks
@@ -292,6 +327,36 @@ def _class_counts(ds: Mapping[str, Any]) -> dict[str, Any] | None:
     return None
 
 
+def _dataset_notes(ds: Mapping[str, Any]) -> list[str]:
+    """Text and token data: the tokenizer, truncation, the tag scheme, example texts."""
+    notes = []
+    tok = _mapping(ds.get("tokenizer_summary"))
+    if tok:
+        src = tok.get("source")
+        notes.append(f"Tokenized by the model's {'Hugging Face' if tok.get('type') == 'hf' else 'word'} tokenizer"
+                     + (f" ({tok.get('class')}, {src})" if src else "")
+                     + (f", vocabulary {format_number(tok.get('vocab_size'))}" if is_number(tok.get("vocab_size")) else "")
+                     + (f", at most {format_number(tok.get('max_len'))} tokens" if is_number(tok.get("max_len")) else "")
+                     + ".")
+    tr = _mapping(ds.get("truncation"))
+    if tr:
+        words = f", {format_number(tr.get('words_lost'))} words (counted as predicted O)" if "words_lost" in tr else ""
+        notes.append(f"Truncation: {format_number(tr.get('rows'))} of {format_number(tr.get('of'))} rows longer than "
+                     f"{format_number(tr.get('max_len'))} tokens; {format_number(tr.get('tokens_lost'))} sub-tokens "
+                     f"lost{words}.")
+    elif tok:
+        notes.append("Truncation: none (every row fits the model's length).")
+    scheme = _mapping(ds.get("tag_scheme"))
+    if scheme:
+        notes.append(f"Tags: {scheme.get('scheme')} ({'declared' if scheme.get('declared') else 'inferred'}); "
+                     f"{format_number(scheme.get('invalid') or 0)} tags break the scheme. A word's prediction is its "
+                     f"first sub-token's (the Hugging Face convention).")
+    for ex in (ds.get("examples") or [])[:3]:
+        if isinstance(ex, Mapping):
+            notes.append(f"Example ({ex.get('label')}): “{str(ex.get('text') or '')[:200]}”")
+    return notes
+
+
 def _datasets_view(datasets: Mapping[str, Any]) -> dict[str, Any]:
     rows = []
     dist_roles: list[str] = []
@@ -309,6 +374,7 @@ def _datasets_view(datasets: Mapping[str, Any]) -> dict[str, Any]:
             "sensitive": _join(ds.get("sensitive")),
             "source": _join(ds.get("source")),
             "sha256": ds.get("sha256") or "",
+            "notes": _dataset_notes(ds),
         })
         cc = _class_counts(ds)
         if cc:
@@ -458,7 +524,8 @@ def _provenance_view(results: Mapping[str, Any], checks: list[dict[str, Any]]) -
         ("Duration", format_seconds(prov.get("duration_s"))),
         ("Seed", _join(prov.get("seed"))),
         ("Device", _join(prov.get("device"))),
-    ] + [(k.replace("_", " ").capitalize(), format_value(v)) for k, v in compute.items()]
+    ] + ([("Task", f"{prov.get('task')} ({prov.get('task_source')})" if prov.get("task_source")
+           else str(prov.get("task")))] if prov.get("task") else []) + [(k.replace("_", " ").capitalize(), format_value(v)) for k, v in compute.items()]
     timings: list[tuple[str, Any]] = []
     _flatten("", prov.get("timings") or {}, timings)
     return {

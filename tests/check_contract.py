@@ -7,7 +7,7 @@ For a check class it asserts that:
   and kinds, a summary, and a MetricSpec record with a one-sentence description and
   consistent bounds for every metric;
 - its default parameters validate;
-- on a small dataset of each kind it declares (image, tabular, text), run twice through
+- on a small dataset of each kind it declares (image, tabular, text, tokens), run twice through
   the Runner on fresh contexts with the same seed, it gives the same metrics, no error;
 - its evidence follows the documented schema (audit/check.py) and every chart renders
   with the report's renderer to an SVG the sanitizer accepts;
@@ -50,9 +50,18 @@ FAST: dict[str, dict[str, Any]] = {
     "shift.drift": {"current": "shifted", "permutations": 50},
     "efficiency.export": {"exporter": "classic", "repeats": 5, "warmup": 1, "batch_sizes": [1, 8]},
     "efficiency.pruning": {"sparsities": [0.3, 0.6]},
+    "performance.token_classification": {"resamples": 200},
+    "robustness.text": {"n_samples": 24, "resamples": 200},
 }
 
 N, CLASSES = 48, ["a", "b", "c"]
+TAGS = ["O", "B-A", "I-A", "B-B", "I-B"]
+# word tokenizer of the tiny text and token data: token id i is the word "w{i}"
+VOCAB = ["<pad>", "<unk>", *[f"w{i}" for i in range(2, 100)]]
+
+
+def _word_tokenizer(max_len: int) -> dict[str, Any]:
+    return {"type": "word", "vocab": VOCAB, "max_len": max_len, "pad_id": 0, "unk_id": 1}
 
 
 def _dataset(kind: str, name: str, seed: int, n: int = N) -> Dataset:
@@ -69,9 +78,33 @@ def _dataset(kind: str, name: str, seed: int, n: int = N) -> Dataset:
                        feature_names=[f"f{i}" for i in range(5)],
                        feature_groups={f"f{i}": [i] for i in range(5)},
                        continuous=np.array([True, True, True, True, False]))
-    x = rng.integers(1, 20, size=(n, 6)).astype(np.int64) + y[:, None] * 20
+    if kind == "tokens":
+        return _token_dataset(name, rng, n, sex)
+    x = rng.integers(2, 20, size=(n, 6)).astype(np.int64) + y[:, None] * 20
     return Dataset(name, x, y, "text", CLASSES, sensitive={"sex": sex},
-                   meta={"texts": [" ".join(f"w{t}" for t in row) for row in x]})
+                   meta={"texts": [" ".join(f"w{t}" for t in row) for row in x], "tokenizer": _word_tokenizer(6)})
+
+
+def _token_dataset(name: str, rng: np.random.Generator, n: int, sex: np.ndarray) -> Dataset:
+    """Sentences of 4-6 words tagged IOB2 with entity types A and B; one token per word,
+    whose id depends on its tag (so a model can learn them)."""
+    width = 6
+    y = np.full((n, width), -1, np.int64)
+    for i in range(n):
+        length = 4 + i % 3
+        tags = [0] * length
+        start = int(rng.integers(0, length - 1))
+        typ = 1 + 2 * int(rng.integers(2))  # B-A or B-B
+        tags[start] = typ
+        if start + 1 < length and rng.random() < 0.5:
+            tags[start + 1] = typ + 1  # I- of the same type
+        y[i, :length] = tags
+    x = np.where(y >= 0, 2 + np.clip(y, 0, None) * 15 + rng.integers(0, 15, size=y.shape), 0).astype(np.int64)
+    starts = np.where(y >= 0, np.arange(width)[None, :], -1).astype(np.int64)
+    words = [[f"w{t}" for t in row[row > 0]] for row in x]
+    return Dataset(name, x, y, "tokens", list(TAGS), sensitive={"sex": sex}, word_starts=starts,
+                   meta={"words": words, "tokenizer": _word_tokenizer(width),
+                         "tag_scheme": {"scheme": "IOB2", "declared": True, "invalid": 0}, "invalid_iob": []})
 
 
 class _TextNet(nn.Module):
@@ -84,8 +117,25 @@ class _TextNet(nn.Module):
         return self.head(self.embedding(ids).mean(dim=1))
 
 
+class _TokenNet(nn.Module):
+    """Per-token tags from the token's embedding and its neighbours' (N, L) -> (N, L, K)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embedding = nn.Embedding(100, 8)
+        self.mix = nn.Conv1d(8, 8, 3, padding=1)
+        self.head = nn.Linear(8, len(TAGS))
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        h = self.embedding(ids)
+        h = h + self.mix(h.transpose(1, 2)).transpose(1, 2)
+        return self.head(h)
+
+
 def _model(kind: str) -> LoadedModel:
     def build() -> nn.Module:
+        if kind == "tokens":
+            return _TokenNet()
         if kind == "image":
             return nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 6 * 6, len(CLASSES)))
         if kind == "tabular":
@@ -96,8 +146,9 @@ def _model(kind: str) -> LoadedModel:
         torch.manual_seed(0)
         module = build()
     return LoadedModel(module=module, sha256="0" * 64, source="contract test", architecture=f"tiny {kind} net",
-                       input_range=(0.0, 1.0) if kind == "image" else None, classes=list(CLASSES),
-                       factory=build)
+                       input_range=(0.0, 1.0) if kind == "image" else None,
+                       classes=list(TAGS if kind == "tokens" else CLASSES), factory=build,
+                       task="token-classification" if kind == "tokens" else None)
 
 
 def _context(kind: str) -> Context:
@@ -199,6 +250,12 @@ def _assert_evidence(evidence: Any) -> None:
             assert sanitize_svg(svg)  # raises on anything unsafe or malformed
         elif kind == "figure":
             assert sanitize_svg(ev["svg"])
+        elif kind == "tokens":  # highlighted text: tokens with a score each
+            assert ev["rows"], ev["title"]
+            for row in ev["rows"]:
+                assert all(isinstance(t, str) for t in row["tokens"]), row
+                assert len(row["scores"]) == len(row["tokens"]), row
+                assert all(v is None or (isinstance(v, (int, float)) and math.isfinite(v)) for v in row["scores"])
         else:
             raise AssertionError(f"unknown evidence type {kind!r} in {ev.get('title')!r}")
 

@@ -280,7 +280,7 @@ def test_integers_are_token_ids_only_for_text(tmp_path: Path) -> None:
     with pytest.raises(DataError, match=r"`kind: image` does not fit x of shape \(4, 3\)"):
         load(tmp_path, {"path": "float.npz", "kind": "image"})
     pd.DataFrame({"a": [1, 2], "label": [0, 1]}).to_csv(tmp_path / "t.csv", index=False)
-    with pytest.raises(DataError, match="read as tabular features, not `kind: text`"):
+    with pytest.raises(DataError, match="`kind: text` in a .csv file: name the column holding the raw text with `text:`"):
         load(tmp_path, {"path": "t.csv", "kind": "text"})
 
 

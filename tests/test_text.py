@@ -172,3 +172,181 @@ def test_hf_without_transformers_is_a_clear_error(monkeypatch: pytest.MonkeyPatc
         hf._transformers()
     (tmp_path / "config.json").write_text("{}")
     assert hf.is_hf_model_dir(tmp_path) and not hf.is_hf_model_dir(tmp_path / "config.json")
+
+
+# ---- text as users have it: raw text files, the model's own tokenizer -------------------------
+def _reviews_csv(path: Path, split: str = "test", n: int | None = None) -> Path:
+    import pandas as pd
+
+    ds = load_reviews(split)
+    texts = ds.meta["texts"][:n] if n else ds.meta["texts"]
+    labels = [ds.classes[int(c)] for c in ds.y[: len(texts)]]
+    pd.DataFrame({"review": texts, "sentiment": labels}).to_csv(path, index=False)
+    return path
+
+
+def test_hf_folder_on_a_csv_of_raw_text_matches_transformers(tmp_path: Path, audit_cache_dir: Path) -> None:
+    """A new user's audit: a local Hugging Face sentiment model folder and a CSV with a raw
+    text column and string labels."""
+    tf = pytest.importorskip("transformers")
+    from fixtures.hf_models import cached_folder
+    from reports import render_html
+
+    folder = cached_folder("reviews-bert")
+    _reviews_csv(tmp_path / "test.csv", n=400)
+    spec = tmp_path / "audit_csv.yaml"
+    spec.write_text(f"name: CSV\ndevice: cpu\nmodel: {{path: {folder}}}\n"
+                    f"data:\n  test: {{path: test.csv, text: review, label: sentiment}}\n"
+                    f"checks:\n  - {{id: heldout, check: performance.classification, resamples: 200, "
+                    f"weight_resamples: 200}}\n")
+    results = run_audit(load_spec(spec)).to_json()
+    heldout = _check(results, "heldout")
+    import pandas as pd
+
+    df = pd.read_csv(tmp_path / "test.csv")
+    tok = tf.AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
+    model = tf.AutoModelForSequenceClassification.from_pretrained(str(folder), local_files_only=True).eval()
+    preds = []
+    with torch.inference_mode():
+        for s in range(0, len(df), 64):
+            enc = tok(list(df.review[s:s + 64]), padding=True, truncation=True, return_tensors="pt")
+            preds.append(model(**enc).logits.argmax(-1).numpy())
+    names = [model.config.id2label[int(p)] for p in np.concatenate(preds)]
+    expected = float(np.mean(np.array(names) == df.sentiment.to_numpy()))
+    assert abs(heldout["metrics"]["accuracy"]["value"] - expected) <= 1e-6
+    assert expected > 0.8
+    assert results["provenance"]["task"] == "classification"
+    ds = results["datasets"]["test"]
+    assert ds["kind"] == "text" and ds["tokenizer_summary"]["type"] == "hf" and ds["examples"]
+    html = render_html(results)
+    examples = next(e for e in heldout["evidence"] if e["title"] == "Example texts")
+    shown = examples["rows"][0][2]
+    from html import escape
+
+    assert escape(shown[:60]) in html and escape(ds["examples"][0]["text"][:60]) in html
+
+
+def test_our_text_model_reads_a_csv_with_its_saved_tokenizer(tmp_path: Path, audit_cache_dir: Path) -> None:
+    from audit.runner import Runner
+    from fixtures.models import accuracy, load_fixture_model
+
+    _reviews_csv(tmp_path / "test.csv")
+    spec = tmp_path / "audit_own.yaml"
+    spec.write_text("name: own\ndevice: cpu\nmodel: {fixture: text-transformer}\n"
+                    "data:\n  test: {path: test.csv, text: review, label: sentiment}\n"
+                    "checks:\n  - {id: heldout, check: performance.classification, resamples: 200, "
+                    "weight_resamples: 200}\n")
+    runner = Runner(load_spec(spec))
+    runner.prepare()
+    ds = runner.ctx.dataset("test")
+    assert np.array_equal(ds.x, load_reviews("test").x)  # the tokenizer saved with the model's recipe
+    res = runner.run_check(runner.spec.checks[0])
+    assert res.metrics["accuracy"]["value"] == pytest.approx(
+        accuracy(load_fixture_model("text-transformer").module, load_reviews("test")))
+
+
+def test_truncation_is_recorded(tmp_path: Path, audit_cache_dir: Path) -> None:
+    import pandas as pd
+
+    from audit.data import load_dataset
+
+    long = " ".join(["the plot was gripping"] * 40)
+    pd.DataFrame({"review": ["a dull read", long], "label": ["negative", "positive"]}).to_csv(
+        tmp_path / "t.csv", index=False)
+    spec = load_spec_text(tmp_path, "model: {fixture: text-transformer}\ndata:\n  test: {path: t.csv, text: review}\n")
+    ds = load_dataset(spec, "test", get_dataset=lambda n: None)
+    assert ds.meta["truncation"] == {"rows": 1, "of": 2, "tokens_lost": 160 - 48, "max_len": 48}
+    assert any("1 of 2 rows are longer than the model's 48 tokens" in n for n in ds.notices)
+
+
+def load_spec_text(folder: Path, body: str):
+    p = folder / "audit_t.yaml"
+    p.write_text("name: t\ndevice: cpu\n" + body + "checks: []\n")
+    return load_spec(p)
+
+
+@pytest.mark.parametrize("csv,entry,message", [
+    ("review,label\ngood,positive\n", "{path: t.csv, text: text_col}",
+     r"text column 'text_col' not found \(columns: review, label\)"),
+    ("review,label\ngood,positive\nbad,neutral\n", "{path: t.csv, text: review}",
+     r"label 'neutral' \(line 3\) is not among the classes in .*negative, positive.*the data's labels: neutral, positive"),
+    ("review,label\ngood,positive\n   ,negative\n", "{path: t.csv, text: review}", r"line 3: (empty|no) text in column 'review'"),
+])
+def test_bad_text_files_exit_2_naming_file_and_line(tmp_path: Path, capsys: pytest.CaptureFixture[str], csv: str,
+                                                    entry: str, message: str) -> None:
+    import re
+
+    from audit.cli import main
+
+    (tmp_path / "t.csv").write_text(csv)
+    spec = tmp_path / "audit_bad.yaml"
+    spec.write_text(f"name: bad\ndevice: cpu\nmodel: {{fixture: text-transformer}}\ndata:\n  test: {entry}\n"
+                    f"checks:\n  - {{id: heldout, check: performance.classification}}\n")
+    code = main(["validate", str(spec)])
+    out = capsys.readouterr()
+    text = out.out + out.err
+    assert code == 2 and "Traceback" not in text and "t.csv" in text, text
+    assert re.search(message, text.replace("\n", " ")), text
+
+
+def test_parquet_and_jsonl_read_like_csv(tmp_path: Path, audit_cache_dir: Path) -> None:
+    import json
+
+    import pandas as pd
+
+    from audit.data import load_dataset
+
+    ds = load_reviews("test")
+    texts, labels = ds.meta["texts"][:50], [ds.classes[int(c)] for c in ds.y[:50]]
+    pd.DataFrame({"review": texts, "sentiment": labels, "site": ["a", "b"] * 25}).to_parquet(tmp_path / "t.parquet")
+    (tmp_path / "t.jsonl").write_text("".join(json.dumps({"review": t, "sentiment": s, "site": g}) + "\n"
+                                              for t, s, g in zip(texts, labels, ["a", "b"] * 25)))
+    got = []
+    for name in ("t.parquet", "t.jsonl"):
+        spec = load_spec_text(tmp_path, "model: {fixture: text-transformer}\ndata:\n"
+                                        f"  test: {{path: {name}, text: review, label: sentiment, sensitive: [site]}}\n")
+        got.append(load_dataset(spec, "test", get_dataset=lambda n: None))
+    for d in got:
+        assert d.kind == "text" and np.array_equal(d.x, ds.x[:50]) and np.array_equal(d.y, ds.y[:50])
+        assert list(d.sensitive["site"][:2]) == ["a", "b"]
+
+
+def test_pre_tokenized_npz_with_an_hf_model_is_used_as_given(tmp_path: Path, audit_cache_dir: Path) -> None:
+    pytest.importorskip("transformers")
+    from audit.data import load_dataset
+    from audit.errors import DataError
+    from fixtures.hf_models import cached_folder
+
+    folder = cached_folder("reviews-bert")
+    ids = np.array([[2, 40, 41, 3, 0], [2, 50, 3, 0, 0]], dtype=np.int64)
+    np.savez(tmp_path / "ids.npz", x=ids, y=np.array([0, 1]))
+    spec = load_spec_text(tmp_path, f"model: {{path: {folder}}}\ndata:\n  test: {{path: ids.npz, kind: text}}\n")
+    ds = load_dataset(spec, "test", get_dataset=lambda n: None)
+    assert np.array_equal(ds.x, ids) and any("token ids used as given" in n for n in ds.notices)
+    np.savez(tmp_path / "ids.npz", x=ids + 10_000, y=np.array([0, 1]))
+    with pytest.raises(DataError, match="outside the model's vocabulary"):
+        load_dataset(spec, "test", get_dataset=lambda n: None)
+
+
+def test_text_attributions_ig_and_shap_text(audit_cache_dir: Path) -> None:
+    """explain.attribution on text: integrated gradients on the embedding layer, and SHAP's
+    text explainer (its values line up with the model's own sub-tokens)."""
+    pytest.importorskip("transformers")
+    from audit.spec import parse_spec
+
+    spec = parse_spec({"name": "attr", "device": "cpu", "model": {"fixture": "reviews-bert"},
+                       "data": {"test": {"fixture": "reviews", "split": "test"}},
+                       "checks": [{"id": "ig", "check": "explain.attribution", "n_samples": 8,
+                                   "randomization_steps": 2},
+                                  {"id": "shap", "check": "explain.attribution", "method": "shap_text",
+                                   "n_samples": 3, "n_evals": 60, "randomization": False}]})
+    results = run_audit(spec).to_json()
+    ig, shap = _check(results, "ig"), _check(results, "shap")
+    assert ig["status"] == "info" and shap["status"] == "info", (ig["message"], shap["message"])
+    assert ig["metrics"]["deletion_faithfulness"]["value"] > 0.2  # better than removing tokens at random
+    assert ig["metrics"]["randomization_similarity"]["value"] < 0.5
+    for c in (ig, shap):
+        rows = next(e for e in c["evidence"] if e["type"] == "tokens")["rows"]
+        assert rows and all(len(r["tokens"]) == len(r["scores"]) for r in rows)
+        assert "[CLS]" not in rows[0]["tokens"] and any(v != 0 for v in rows[0]["scores"])
+    assert "SHAP values" in next(e for e in shap["evidence"] if e["type"] == "tokens")["caption"]

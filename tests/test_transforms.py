@@ -107,5 +107,7 @@ def test_errors(shapes: Dataset, adult: Dataset) -> None:
     with pytest.raises(DataError, match="severity must be 1..5"):
         apply_transform(shapes, "rotate", 6, np.random.default_rng(0))
     text = Dataset(name="reviews", x=np.zeros((2, 4), np.int64), y=np.array([0, 1]), kind="text", classes=["n", "p"])
-    with pytest.raises(DataError, match="No transforms apply to text data"):
+    with pytest.raises(DataError, match="Transforms for text data: typos, case"):
         apply_transform(text, "feature_noise", 1, np.random.default_rng(0))
+    with pytest.raises(DataError, match="carries none"):  # a text transform needs the raw texts
+        apply_transform(text, "typos", 1, np.random.default_rng(0))

@@ -21,7 +21,7 @@ from pydantic import Field
 from scipy.stats import chi2_contingency
 
 from audit import stats
-from audit.check import Check, Measurement, Metric, Params, chart, higher, lower, table, text
+from audit.check import Check, Flag, Measurement, Metric, Params, chart, higher, lower, table, text
 from audit.context import Context
 from audit.dataset import Dataset
 from audit.registry import register_check
@@ -94,6 +94,110 @@ def _missing_per_row(ds: Dataset) -> np.ndarray:
     return np.isnan(x).sum(axis=1)
 
 
+def _pad_to(x: np.ndarray, width: int, pad: int) -> np.ndarray:
+    if x.shape[1] == width:
+        return x
+    out = np.full((x.shape[0], width), pad, dtype=x.dtype)
+    out[:, : x.shape[1]] = x
+    return out
+
+
+def _labels(ds: Dataset) -> np.ndarray:
+    """What two copies of a row must agree on: the label, or a sentence's tag sequence."""
+    if ds.kind == "tokens":
+        return np.asarray(ds.meta.get("tags_by_row", ds.y))
+    return np.asarray(ds.y)
+
+
+def _conflicts(a: np.ndarray, b: np.ndarray) -> int:
+    if a.ndim == 2:
+        return int((a != b).any(axis=1).sum()) if a.size else 0
+    return int((a != b).sum())
+
+
+def _class_units(ds: Dataset, types: list[str] | None = None) -> tuple[np.ndarray, list[str]]:
+    """One label per unit for class balance and label shift: the class of each row, or
+    for token data the type of each true entity (the tag distribution as entities)."""
+    if ds.kind != "tokens":
+        return np.asarray(ds.y, dtype=np.int64), list(ds.classes)
+    from audit.tokens import entity_counts, entity_types
+
+    types = list(types) if types is not None else entity_types(ds.classes)
+    c = entity_counts(ds.y, ds.y, ds.classes, types)
+    per_type = c.gold.sum(axis=0)[: len(types)]
+    return np.repeat(np.arange(len(types)), per_type).astype(np.int64), types
+
+
+_NORMALISE = None
+
+
+def normalise_text(t: str) -> str:
+    """Lower case, digits as 0, every run of punctuation and whitespace as one space."""
+    import re
+
+    global _NORMALISE
+    if _NORMALISE is None:
+        _NORMALISE = (re.compile(r"\d"), re.compile(r"[\W_]+", re.UNICODE))
+    digits, other = _NORMALISE
+    return other.sub(" ", digits.sub("0", t.lower())).strip()
+
+
+def _raw_texts(ds: Dataset) -> list[str] | None:
+    if ds.kind == "text" and ds.meta.get("texts") is not None:
+        return list(ds.meta["texts"])
+    if ds.kind == "tokens" and ds.meta.get("words") is not None:
+        return [" ".join(w) for w in ds.meta["words"]]
+    return None
+
+
+def _text_checks(ctx: Context, params: IntegrityParams, ds: Dataset, train: Dataset | None,
+                 metrics: dict[str, Metric]) -> dict[str, Any]:
+    """Near-duplicates across splits (text and tokens) and tags that break the IOB scheme
+    (tokens); adds to `metrics` and returns notes, flags and evidence."""
+    out: dict[str, Any] = {"notes": [], "flags": [], "evidence": []}
+    texts = _raw_texts(ds)
+    if texts is None:
+        return out
+    n = len(texts)
+    train_texts = _raw_texts(train) if train is not None else None
+    if train_texts is not None:
+        seen: dict[str, int] = {}
+        for j, t in enumerate(train_texts):
+            seen.setdefault(normalise_text(t), j)
+        hits = [(i, seen[nt]) for i, nt in enumerate(map(normalise_text, texts)) if nt in seen]
+        metrics["near_duplicate_overlap"] = stats.proportion(len(hits), n, params.confidence)
+        out["notes"].append(f"{len(hits)} of {n} rows of '{params.data}' ({len(hits) / max(n, 1):.2%}) match a row "
+                            f"of '{params.train}' once case, punctuation, whitespace and digits are ignored.")
+        if hits and params.max_examples:
+            out["evidence"].append(table(
+                f"Rows of '{params.data}' that nearly duplicate '{params.train}' (first {min(len(hits), params.max_examples)})",
+                [f"{params.data} row", f"{params.data} text", f"{params.train} row", f"{params.train} text"],
+                [[i, texts[i][:160], j, train_texts[j][:160]] for i, j in hits[: params.max_examples]]))
+    if ds.kind == "tokens":
+        scheme = ds.meta.get("tag_scheme") or {}
+        invalid = ds.meta.get("invalid_iob") or []
+        total = int(scheme.get("invalid", len(invalid)))
+        bad_sentences = int(scheme.get("invalid_sentences", len({b["sentence"] for b in invalid})))
+        metrics["invalid_iob_fraction"] = stats.proportion(min(bad_sentences, n), n, params.confidence)
+        where = ds.meta.get("path") or ds.source or ds.name
+        if total:
+            first = invalid[0]
+            out["flags"].append(Flag("invalid_iob", (
+                f"{total} tag(s) of {where} break the {scheme.get('scheme', 'IOB2')} scheme, first at line "
+                f"{first['line']}: '{first['tag']}' after '{first['previous']}' (an I- tag must continue an entity "
+                f"of its type); entity metrics read such a tag as the start of an entity (conlleval rules): fix the "
+                f"data rather than trust them")))
+            out["evidence"].append(table(
+                f"Tags that break the {scheme.get('scheme', 'IOB2')} scheme (first {min(len(invalid), 50)} of {total})",
+                ["line", "sentence", "word", "tag", "after"],
+                [[b["line"], b["sentence"], b["word"], b["tag"], b["previous"]] for b in invalid[:50]],
+                note=f"File: {where}. Nothing was changed: the audit reads the tags as written."))
+        else:
+            out["notes"].append(f"Tags follow the {scheme.get('scheme', 'IOB2')} scheme"
+                                f"{' (declared)' if scheme.get('declared') else ' (inferred)'}.")
+    return out
+
+
 @register_check
 class DataIntegrity(Check):
     name = "data.integrity"
@@ -111,7 +215,14 @@ class DataIntegrity(Check):
                                        "audited set).", bounds=(1.0, None)),
         "label_shift_pvalue": higher("Chi-square test p-value that train and audited label distributions are the "
                                      "same; small values indicate label shift.", bounds=(0.0, 1.0)),
+        "near_duplicate_overlap": lower("Text and token data: fraction of the audited rows whose normalised text "
+                                        "(case, punctuation, whitespace and digits ignored) also occurs in the "
+                                        "training set.", proportion=True),
+        "invalid_iob_fraction": lower("Token classification: fraction of sentences with a tag that breaks the IOB "
+                                      "scheme (in IOB2, an I- tag that cannot continue an entity).",
+                                      proportion=True),
     }
+    kinds = ("image", "tabular", "text", "tokens")
     Params = IntegrityParams
 
     @classmethod
@@ -123,13 +234,17 @@ class DataIntegrity(Check):
     def run(self, ctx: Context, params: IntegrityParams) -> Measurement:
         ds = ctx.dataset(params.data)
         y = np.asarray(ds.y, dtype=np.int64)
-        n, k = len(ds), ds.n_classes
+        n = len(ds)
+        # class balance and label shift: over classes, or over entity types (token data)
+        y, classes = _class_units(ds)
+        k = len(classes)
         notes: list[str] = []
         metrics: dict[str, Metric] = {}
 
         idx = RowIndex.of(ds.x)
         dup_rows, dup_of = idx.duplicates()
-        dup_conflict = int((y[dup_rows] != y[dup_of]).sum())
+        labels = _labels(ds)
+        dup_conflict = _conflicts(labels[dup_rows], labels[dup_of])
 
         train: Dataset | None = None
         if params.train == params.data:
@@ -144,8 +259,18 @@ class DataIntegrity(Check):
         overlap_rows = overlap_train = np.zeros(0, np.int64)
         tidx: RowIndex | None = None
         if train is not None:
-            tidx = RowIndex.of(train.x)
-            if train.x.shape[1:] != ds.x.shape[1:] or train.x.dtype != ds.x.dtype:
+            if ds.kind in ("text", "tokens") and train.kind == ds.kind and train.x.shape[1] != ds.x.shape[1]:
+                # token ids padded to each set's longest row: compare them at one width
+                width = max(train.x.shape[1], ds.x.shape[1])
+                pad = int(ds.meta.get("pad_id", 0))
+                idx = RowIndex.of(_pad_to(ds.x, width, pad))
+                dup_rows, dup_of = idx.duplicates()
+                tidx = RowIndex.of(_pad_to(train.x, width, pad))
+                comparable = True
+            else:
+                tidx = RowIndex.of(train.x)
+                comparable = train.x.shape[1:] == ds.x.shape[1:] and train.x.dtype == ds.x.dtype
+            if not comparable:
                 notes.append(f"'{params.train}' rows have shape {train.x.shape[1:]} {train.x.dtype}, "
                              f"'{params.data}' rows {ds.x.shape[1:]} {ds.x.dtype}: rows cannot be "
                              "compared, train_test_overlap is not measured.")
@@ -172,21 +297,25 @@ class DataIntegrity(Check):
         counts = np.bincount(y, minlength=k)
         present = counts > 0
         if present.sum() < k:
-            absent = [ds.classes[c] for c in np.flatnonzero(~present)]
+            absent = [classes[c] for c in np.flatnonzero(~present)]
             notes.append(f"{len(absent)} class(es) absent from '{params.data}' ({', '.join(absent[:10])}); "
                          "the imbalance ratio uses the classes present.")
         # CI of the ratio of the observed largest to the observed smallest class. Re-picking
         # max and min in every resample would bias the interval upwards (on near-balanced
         # data it would not even contain the estimate); a ratio below 1 means "balanced".
-        pc = counts[present]
+        pc = counts[present] if present.any() else np.ones(1, np.int64)
         hi_c, lo_c = int(np.argmax(pc)), int(np.argmin(pc))
         metrics["class_imbalance_ratio"] = stats.bootstrap_counts(
             pc, lambda c: np.maximum(c[:, hi_c] / c[:, lo_c], 1.0), confidence=params.confidence,
             n_resamples=params.resamples, rng=ctx.rng(f"{self.name}:{params.data}:imbalance"), bounds=(1.0, None))
 
+        text_notes = _text_checks(ctx, params, ds, train, metrics)
+        notes.extend(text_notes.pop("notes"))
+        flags = text_notes.pop("flags")
+
         train_counts = None
         if train is not None:
-            train_counts = np.bincount(np.asarray(train.y, dtype=np.int64), minlength=k)[:k]
+            train_counts = np.bincount(_class_units(train, classes)[0], minlength=k)[:k]
             tab = np.stack([train_counts, counts])
             tab = tab[:, tab.sum(axis=0) > 0]
             if tab.shape[1] >= 2:
@@ -196,25 +325,29 @@ class DataIntegrity(Check):
                 notes.append("Label shift is not tested: fewer than two classes occur in the two sets.")
 
         evidence = self._evidence(ctx, ds, train, tidx, idx, params, dup_rows, dup_conflict,
-                                  overlap_rows, overlap_train, counts, train_counts, miss, metrics, notes)
-        return Measurement(metrics=metrics, evidence=evidence)
+                                  overlap_rows, overlap_train, counts, train_counts, miss, metrics, notes, classes)
+        evidence.extend(text_notes.pop("evidence"))
+        return Measurement(metrics=metrics, evidence=evidence, flags=flags)
 
     def _evidence(self, ctx: Context, ds: Dataset, train: Dataset | None, tidx: RowIndex | None,
                   idx: RowIndex, params: IntegrityParams, dup_rows: np.ndarray, dup_conflict: int,
                   overlap_rows: np.ndarray, overlap_train: np.ndarray, counts: np.ndarray,
                   train_counts: np.ndarray | None, miss: np.ndarray, metrics: dict[str, Metric],
-                  notes: list[str]) -> list[dict]:
+                  notes: list[str], classes: list[str] | None = None) -> list[dict]:
         n = len(ds)
+        classes = list(ds.classes) if classes is None else classes
+        what = "entity type" if ds.kind == "tokens" else "class"
         y = np.asarray(ds.y, dtype=np.int64)
         rows: list[list[Any]] = []
         if train is not None and tidx is not None:
             t_dup, t_of = tidx.duplicates()
             ty = np.asarray(train.y, dtype=np.int64)
+            ty = _labels(train)
             rows.append([params.train, len(train), len(train) - int(t_dup.size), int(t_dup.size),
-                         int((ty[t_dup] != ty[t_of]).sum()), int(_missing_per_row(train).sum()), None])
+                         _conflicts(ty[t_dup], ty[t_of]), int(_missing_per_row(train).sum()), None])
         overlap_conflict = None
         if overlap_rows.size and train is not None:
-            overlap_conflict = int((y[overlap_rows] != np.asarray(train.y)[overlap_train]).sum())
+            overlap_conflict = _conflicts(_labels(ds)[overlap_rows], _labels(train)[overlap_train])
         rows.append([params.data, n, n - int(dup_rows.size), int(dup_rows.size), dup_conflict, int(miss.sum()),
                      int(overlap_rows.size) if "train_test_overlap" in metrics else None])
         sizes = table("Splits", ["dataset", "rows", "distinct rows", "duplicate rows",
@@ -236,16 +369,17 @@ class DataIntegrity(Check):
         evidence.append(text("Summary", " ".join(lines)))
         evidence.append(sizes)
 
-        dist_cols = ["class", f"{params.data} count", f"{params.data} share"]
+        dist_cols = [what, f"{params.data} count", f"{params.data} share"]
         if train_counts is not None:
             dist_cols += [f"{params.train} count", f"{params.train} share"]
         dist_rows = []
-        for c, name in enumerate(ds.classes):
+        for c, name in enumerate(classes):
             row: list[Any] = [name, int(counts[c]), float(counts[c] / max(n, 1))]
             if train_counts is not None:
                 row += [int(train_counts[c]), float(train_counts[c] / max(train_counts.sum(), 1))]
             dist_rows.append(row)
-        evidence.append(table("Class distribution", dist_cols, dist_rows))
+        evidence.append(table("Entity types" if ds.kind == "tokens" else "Class distribution", dist_cols, dist_rows,
+                              note="True entities per type (exact spans)." if ds.kind == "tokens" else None))
         # one grouped chart: class shares per split with multinomial-bootstrap whiskers
         series = {}
         splits = [(params.data, counts)] + ([(params.train, train_counts)] if train_counts is not None else [])
@@ -256,11 +390,11 @@ class DataIntegrity(Check):
             series[split] = ((c / max(c.sum(), 1)).tolist(), lo.tolist(), hi.tolist())
         evidence.append(chart(
             "class_shares", "Class distribution",
-            {"classes": list(ds.classes), "splits": series, "title": "Class shares per split",
+            {"classes": list(classes), "splits": series, "title": f"{what.capitalize()} shares per split",
              "ylabel": "share of rows"},
             caption=f"Share of each class per split, with {params.confidence:.0%} bootstrap intervals."))
 
-        if overlap_rows.size and params.max_examples and train is not None:
+        if overlap_rows.size and params.max_examples and train is not None and ds.kind != "tokens":
             m = min(params.max_examples, overlap_rows.size)
             ex = [[int(overlap_rows[i]), int(overlap_train[i]), ds.classes[int(y[overlap_rows[i]])],
                    train.classes[int(train.y[overlap_train[i]])] if int(train.y[overlap_train[i]]) < len(train.classes)

@@ -257,19 +257,33 @@ class GroupFairness(Check):
             "Largest minus smallest true positive rate: how much more often truly positive members of one group "
             "are recognised than another's.", bounds=(0.0, 1.0)),
         "accuracy_difference": lower("Largest minus smallest per-group accuracy.", bounds=(0.0, 1.0)),
+        "entity_f1_difference": lower(
+            "Token classification: largest minus smallest per-group entity F1 (exact spans), groups of "
+            "sentences.", bounds=(0.0, 1.0)),
+        "entity_recall_difference": lower(
+            "Token classification: largest minus smallest per-group share of true entities found.",
+            bounds=(0.0, 1.0)),
     }
+    kinds = ("image", "tabular", "text", "tokens")
     Params = GroupFairnessParams
 
     @classmethod
     def preflight(cls, ctx: Context, params: GroupFairnessParams) -> None:
         ds = ctx.dataset(params.data)
         groups = _groups(ctx, params)
-        resolve_positive(ds.classes, params.positive_label)
+        if ds.kind == "tokens":
+            if params.positive_label is not None:
+                raise DataError("positive_label applies to classification; token classification is audited by "
+                                "entity F1 and recall per group")
+        else:
+            resolve_positive(ds.classes, params.positive_label)
         _require_comparable(ds, groups, params)
 
     def run(self, ctx: Context, params: GroupFairnessParams) -> Measurement:
         ds = ctx.dataset(params.data)
         groups = _groups(ctx, params)
+        if ds.kind == "tokens":
+            return self._run_tokens(ctx, params, ds, groups)
         pos = resolve_positive(ds.classes, params.positive_label)
         sufficient = _require_comparable(ds, groups, params)
         y_bin = (ds.y == pos).astype(np.int64)
@@ -281,10 +295,76 @@ class GroupFairness(Check):
         rng = ctx.rng(f"{self.name}:{params.data}:{','.join(groups.attrs)}:{pos}")
         gap_draws, rate_ci = bootstrap_fairness(counts, sufficient, confidence=params.confidence, rng=rng)
         metrics = {k: from_draws(float(point[k]), gap_draws[k], params.confidence, n=len(ds), bounds=(0.0, 1.0))
-                   for k in self.metrics}
+                   for k in point}
 
         return Measurement(metrics=metrics, evidence=self._evidence(ds, groups, pos, by, rate_ci, sufficient,
                                                                     metrics, params))
+
+    # ---- token classification ------------------------------------------------------
+    def _run_tokens(self, ctx: Context, params: GroupFairnessParams, ds: Dataset, groups: Groups) -> Measurement:
+        """Per-group entity precision, recall and F1 (groups of sentences), their largest
+        gaps, and sentence-bootstrap intervals (one set of resamples for every group)."""
+        from audit.stats import WEIGHT_RESAMPLES, resample_weights
+        from audit.tokens import entity_counts, f1_from, ratio
+
+        sufficient = _require_comparable(ds, groups, params)
+        c = entity_counts(ds.y, ctx.predictions(params.data), ds.classes)
+        g = len(groups.keys)
+        onehot = np.zeros((len(ds), g))
+        onehot[np.arange(len(ds)), groups.codes] = 1.0
+        per = np.stack([c.tp.sum(1), c.pred.sum(1), c.gold.sum(1)], axis=1).astype(np.float64)  # (N, 3)
+
+        def rates(w: np.ndarray) -> dict[str, np.ndarray]:
+            s = np.einsum("bn,ng,nk->bgk", w, onehot, per)  # (B, G, 3)
+            return {"precision": ratio(s[..., 0], s[..., 1]), "recall": ratio(s[..., 0], s[..., 2]),
+                    "f1": f1_from(s[..., 0], s[..., 1], s[..., 2])}
+
+        def gap(v: np.ndarray) -> np.ndarray:
+            v = v[..., sufficient]
+            return v.max(-1) - v.min(-1)
+
+        point = rates(np.ones((1, len(ds))))
+        rng = ctx.rng(f"{self.name}:{params.data}:{','.join(groups.attrs)}:tokens")
+        draws: dict[str, list[np.ndarray]] = {"precision": [], "recall": [], "f1": []}
+        for w in resample_weights(len(ds), WEIGHT_RESAMPLES, rng):
+            for k, v in rates(w.astype(np.float64)).items():
+                draws[k].append(v)
+        d = {k: np.concatenate(v) for k, v in draws.items()}
+        conf = params.confidence
+        metrics = {
+            "entity_f1_difference": from_draws(float(gap(point["f1"])[0]), gap(d["f1"]), conf, n=len(ds),
+                                               bounds=(0.0, 1.0)),
+            "entity_recall_difference": from_draws(float(gap(point["recall"])[0]), gap(d["recall"]), conf,
+                                                   n=len(ds), bounds=(0.0, 1.0)),
+        }
+        sizes = np.bincount(groups.codes, minlength=g)
+        ents = onehot.T @ per
+        rows = []
+        for j in range(g):
+            rows.append([*groups.keys[j], int(sizes[j]), int(ents[j, 2]), "ok" if sufficient[j] else "insufficient",
+                         *[cell(float(point[k][0, j]), percentile_ci(d[k][:, j], conf))
+                           for k in ("precision", "recall", "f1")]])
+        table_ev = table(f"Entity recognition per group ({' x '.join(groups.attrs)})",
+                         [*groups.attrs, "sentences", "true entities", "data", "precision", "recall", "entity F1"],
+                         rows, note=f"{conf:.0%} sentence-bootstrap CIs ({WEIGHT_RESAMPLES} resamples); groups with "
+                                    f"fewer than {params.min_group_size} sentences are 'insufficient' and kept out "
+                                    f"of the gaps.")
+        labels = [groups.label(j) for j in range(g)]
+        series = {k: (point[k][0], [(percentile_ci(d[k][:, j], conf) or (np.nan, np.nan))[0] for j in range(g)],
+                      [(percentile_ci(d[k][:, j], conf) or (np.nan, np.nan))[1] for j in range(g)])
+                  for k in ("recall", "f1")}
+        chart_ev = chart("group_rates", "Entity recognition per group",
+                         {"groups": labels, "series": {"entity recall": series["recall"], "entity F1": series["f1"]},
+                          "insufficient": [bool(v) for v in ~sufficient],
+                          "title": f"Entity recall and F1 by {' x '.join(groups.attrs)}"},
+                         caption=f"Whiskers: {conf:.0%} sentence-bootstrap CIs.")
+        explain = text("How to read this", (
+            f"Token classification: each sentence belongs to one group of {', '.join(groups.attrs)}; per group, "
+            "entity precision, recall and F1 count exact spans (type, first and last word) as seqeval does. "
+            "Entity F1 difference and entity recall difference are the largest minus the smallest per-group "
+            "value among the groups with enough sentences. Selection-rate metrics (demographic parity, "
+            "equalized odds) need one favourable decision per sample and are not measured here."))
+        return Measurement(metrics=metrics, evidence=[explain, table_ev, chart_ev])
 
     # ---- evidence --------------------------------------------------------------------
     def _evidence(self, ds: Dataset, groups: Groups, pos: int, by: pd.DataFrame,

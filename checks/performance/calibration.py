@@ -10,7 +10,9 @@ right-closed intervals (lo, hi], the same binning as sklearn.calibration.calibra
   (range [0, 2]); equal to sklearn's brier_score_loss(..., scale_by_half=False). For a
   binary task it is twice the customary binary Brier score (sklearn's default).
 
-All three get CIs from the weight bootstrap; the binned statistics are weighted bin sums,
+Token classification: each word with a prediction (its first sub-token's probabilities)
+is a sample, and the bootstrap resamples whole sentences (a sentence's words are not
+independent). All three get CIs from the weight bootstrap; the binned statistics are weighted bin sums,
 so a resample chunk costs a gather and three `np.add.reduceat` passes.
 """
 
@@ -90,6 +92,7 @@ class Calibration(Check):
     name = "performance.calibration"
     version = 1
     requires = ("data",)
+    kinds = ("image", "tabular", "text", "tokens")
     summary = "Whether predicted confidences match observed accuracy (reliability diagram, ECE, Brier)."
     area = "evaluation"
     metrics = {
@@ -107,18 +110,36 @@ class Calibration(Check):
         proba = ctx.probabilities(params.data)  # cached: one forward pass per sample
         y = np.asarray(ds.y, dtype=np.int64)
         n = len(y)
+        # Token classification: the samples are the words that have a prediction (their
+        # first sub-token's probabilities); the bootstrap resamples whole sentences.
+        unit = np.arange(n)
+        what = "samples"
+        if ds.kind == "tokens":
+            ok = (y >= 0) & (ds.word_starts >= 0)
+            unit = np.nonzero(ok)[0]
+            proba, y = proba[ok], y[ok]
+            what = f"words ({n} sentences)"
+
+        def expand(w: np.ndarray) -> np.ndarray:
+            return w if ds.kind != "tokens" else w[:, unit]
+
         confidence = proba.max(axis=1)
         correct = (proba.argmax(axis=1) == y).astype(np.float64)
         binned = BinnedCalibration(confidence, correct, params.n_bins)
+        brier = brier_per_sample(proba, y)
 
         def rng(what: str) -> np.random.Generator:
             return ctx.rng(f"{self.name}:{params.data}:{what}")
 
         kw = {"confidence": params.confidence, "n_resamples": params.weight_resamples}
         metrics: dict[str, Metric] = {
-            "ece": stats.bootstrap_weighted(binned.ece, n, rng=rng("ece"), bounds=(0.0, 1.0), **kw),
-            "mce": stats.bootstrap_weighted(binned.mce, n, rng=rng("mce"), bounds=(0.0, 1.0), **kw),
-            "brier": stats.bootstrap_mean(brier_per_sample(proba, y), rng=rng("brier"), bounds=(0.0, 2.0), **kw),
+            "ece": stats.bootstrap_weighted(lambda w: binned.ece(expand(w)), n, rng=rng("ece"), bounds=(0.0, 1.0),
+                                            **kw),
+            "mce": stats.bootstrap_weighted(lambda w: binned.mce(expand(w)), n, rng=rng("mce"), bounds=(0.0, 1.0),
+                                            **kw),
+            "brier": (stats.bootstrap_mean(brier, rng=rng("brier"), bounds=(0.0, 2.0), **kw) if ds.kind != "tokens"
+                      else stats.bootstrap_weighted(lambda w: (expand(w) @ brier) / expand(w).sum(axis=1), n,
+                                                    rng=rng("brier"), bounds=(0.0, 2.0), **kw)),
         }
 
         count, bin_conf, bin_acc = binned.table()
@@ -132,7 +153,7 @@ class Calibration(Check):
         m = metrics
         over = float(confidence.mean() - correct.mean())
         summary = (f"ECE {m['ece'].value:.4f}, MCE {m['mce'].value:.4f}, Brier {m['brier'].value:.4f} "
-                   f"on {n} samples of '{params.data}' ({params.n_bins} equal-width bins). "
+                   f"on {len(y)} {what} of '{params.data}' ({params.n_bins} equal-width bins). "
                    f"Mean confidence {confidence.mean():.3f} vs accuracy {correct.mean():.3f}: the model is "
                    f"{'over' if over > 0 else 'under'}-confident by {abs(over):.3f} on average.")
         evidence = [

@@ -16,6 +16,7 @@ present in y_true, log loss clips probabilities to [eps, 1 - eps] like sklearn.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 from pydantic import Field
@@ -171,6 +172,8 @@ class ClassificationPerformance(Check):
         metrics["worst_class_recall"] = counted["worst_class_recall"]
 
         evidence = self._evidence(ds.classes, cm, metrics, recall_ci, params, notes, n)
+        if ds.kind == "text" and ds.meta.get("texts") is not None:
+            evidence.append(_text_examples(ds, proba, ctx.rng(f"{self.name}:{params.data}:examples")))
         return Measurement(metrics=metrics, evidence=evidence, flags=flags)
 
     @staticmethod
@@ -233,3 +236,19 @@ class ClassificationPerformance(Check):
 
 def _ci_str(m: Metric) -> str:
     return f"{m.value:.3f}" + (f" [{m.ci[0]:.3f}, {m.ci[1]:.3f}]" if m.ci else "")
+
+
+def _text_examples(ds: Any, proba: np.ndarray, rng: np.random.Generator, k: int = 4) -> dict:
+    """A few texts the model got right and a few it got wrong (seeded), with its confidence."""
+    pred = proba.argmax(axis=1)
+    texts = ds.meta["texts"]
+    right = np.flatnonzero(pred == ds.y)
+    wrong = np.flatnonzero(pred != ds.y)
+    rows = []
+    for pool, mark in ((wrong, "✗"), (right, "✓")):
+        for i in np.sort(rng.permutation(pool)[:k]):
+            rows.append([mark, int(i), str(texts[i])[:240], ds.classes[int(ds.y[i])], ds.classes[int(pred[i])],
+                         float(proba[i, pred[i]])])
+    return table("Example texts", ["", "row", "text", "true", "predicted", "probability"], rows,
+                 note=f"{len(wrong)} of {len(ds)} texts misclassified; up to {k} of each shown (seeded), texts cut at "
+                      f"240 characters.")

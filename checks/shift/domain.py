@@ -32,9 +32,13 @@ METRICS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
 _CHUNK_ELEMENTS = 4_000_000
 
 
+TOKEN_METRICS = ("entity_f1", "token_accuracy")
+
+
 class DomainParams(Params):
     domains: list[str] | None = Field(None, min_length=1)  # default: every domain of the spec
-    metric: Literal["accuracy", "balanced_accuracy", "f1_macro"] = "accuracy"
+    # token classification: entity_f1 (the default there) or token_accuracy
+    metric: Literal["accuracy", "balanced_accuracy", "f1_macro", "entity_f1", "token_accuracy"] = "accuracy"
 
 
 @register_check
@@ -42,6 +46,7 @@ class DomainShift(Check):
     name = "shift.domain"
     version = 1
     requires = ("data", "domains")
+    kinds = ("image", "tabular", "text", "tokens")
     area = "evaluation"
     metrics = {
         "max_drop": lower("Largest drop of the metric from the in-domain data to any domain (in-domain minus "
@@ -64,6 +69,7 @@ class DomainShift(Check):
     @classmethod
     def preflight(cls, ctx: Context, params: DomainParams) -> None:
         ref = ctx.dataset(params.data)
+        _metric(ref.kind, params)
         for name in _domains(ctx, params):
             ds = ctx.dataset(name)
             if list(ds.classes) != list(ref.classes):
@@ -75,8 +81,10 @@ class DomainShift(Check):
         if not names:
             raise SkipCheck("no domains to evaluate")
         self.preflight(ctx, params)
-        stat = METRICS[params.metric]
         ref = ctx.dataset(params.data)
+        if ref.kind == "tokens":
+            return self._run_tokens(ctx, params, names)
+        stat = METRICS[params.metric]
         k = ref.n_classes
         y_in, p_in = ref.y, ctx.predictions(params.data)
         paired = [n for n in names if _is_paired(ctx, params.data, n)]
@@ -110,18 +118,65 @@ class DomainShift(Check):
         evidence = self._evidence(ctx, params, names, paired, level, drop)
         return Measurement(metrics={"max_drop": max_drop, "mean_drop": mean_drop}, evidence=evidence)
 
+    def _run_tokens(self, ctx: Context, params: DomainParams, names: list[str]) -> Measurement:
+        """Token classification: entity F1 (or token accuracy) per domain from per-sentence
+        counts; the bootstrap resamples sentences, jointly for a domain that is a transform
+        of the in-domain sentences (paired), independently otherwise."""
+        from audit.stats import WEIGHT_RESAMPLES, resample_weights
+        from audit.tokens import entity_counts, entity_types, f1_from, ratio
+
+        metric = _metric("tokens", params)
+        ref = ctx.dataset(params.data)
+        types = entity_types(ref.classes)
+        counts = {n: entity_counts(ctx.dataset(n).y, ctx.predictions(n), ref.classes, list(types))
+                  for n in [params.data, *names]}
+
+        def stat(c: Any, w: np.ndarray) -> np.ndarray:
+            if metric == "token_accuracy":
+                return ratio(w @ c.correct, w @ c.words)
+            return f1_from(w @ c.tp.sum(1), w @ c.pred.sum(1), w @ c.gold.sum(1))
+
+        paired = [n for n in names if _is_paired(ctx, params.data, n)]
+        rng = ctx.rng(f"{self.name}:{params.data}:{metric}:{','.join(names)}")
+        draws: dict[str, list[np.ndarray]] = {n: [] for n in [params.data, *names]}
+        for w in resample_weights(counts[params.data].n, WEIGHT_RESAMPLES, rng):
+            w = w.astype(np.float64)
+            for n in [params.data, *paired]:
+                draws[n].append(stat(counts[n], w))
+        for n in names:
+            if n not in paired:
+                for w in resample_weights(counts[n].n, WEIGHT_RESAMPLES, rng):
+                    draws[n].append(stat(counts[n], w.astype(np.float64)))
+        d = {n: np.concatenate(v) for n, v in draws.items()}
+        value = {n: float(stat(c, np.ones((1, c.n)))[0]) for n, c in counts.items()}
+        conf = params.confidence
+        size = {n: counts[n].n for n in value}
+        level = {n: from_draws(value[n], d[n], conf, n=size[n], bounds=(0.0, 1.0)) for n in value}
+        drop_draws = {n: d[params.data] - d[n] for n in names}
+        drop = {n: from_draws(value[params.data] - value[n], drop_draws[n], conf,
+                              n=min(size[params.data], size[n]), bounds=(-1.0, 1.0)) for n in names}
+        stacked = np.stack([drop_draws[n] for n in names])
+        smallest = min(size.values())
+        max_drop = from_draws(max(drop[n].value for n in names), stacked.max(axis=0), conf, n=smallest,
+                              bounds=(-1.0, 1.0))
+        mean_drop = from_draws(float(np.mean([drop[n].value for n in names])), stacked.mean(axis=0), conf,
+                               n=smallest, bounds=(-1.0, 1.0))
+        evidence = self._evidence(ctx, params, names, paired, level, drop, metric=metric,
+                                  resampled=f"sentence-bootstrap CIs ({WEIGHT_RESAMPLES} resamples)")
+        return Measurement(metrics={"max_drop": max_drop, "mean_drop": mean_drop}, evidence=evidence)
+
     @staticmethod
     def _evidence(ctx: Context, params: DomainParams, names: list[str], paired: list[str],
-                  level: dict[str, Metric], drop: dict[str, Metric]) -> list[dict[str, Any]]:
-        metric = params.metric.replace("_", " ")
+                  level: dict[str, Metric], drop: dict[str, Metric], metric: str | None = None,
+                  resampled: str = f"count-bootstrap CIs ({COUNT_RESAMPLES} resamples)") -> list[dict[str, Any]]:
+        metric = (metric or params.metric).replace("_", " ")
         rows = [[params.data, "in-domain", len(ctx.dataset(params.data)),
                  cell(level[params.data].value, level[params.data].ci), None]]
         for n in names:
             rows.append([n, _source(ctx, n), len(ctx.dataset(n)), cell(level[n].value, level[n].ci),
                          cell(drop[n].value, drop[n].ci)])
         pct = int(round(100 * params.confidence))
-        note = (f"drop = in-domain {metric} minus the domain's; {pct}% count-bootstrap CIs "
-                f"({COUNT_RESAMPLES} resamples)."
+        note = (f"drop = in-domain {metric} minus the domain's; {pct}% {resampled}."
                 + (f" Paired with the in-domain rows (same samples, transformed): {', '.join(paired)}."
                    if paired else ""))
         labels = [params.data] + names
@@ -135,6 +190,21 @@ class DomainShift(Check):
                 chart("bar", f"{metric.capitalize()} per domain", bars,
                       caption=f"In-domain '{params.data}' first; bars in the warning colour drop "
                               f"significantly (the drop's {pct}% CI is above 0). Whiskers: {pct}% CIs.")]
+
+
+def _metric(kind: str, params: DomainParams) -> str:
+    """The metric compared: the parameter, or entity F1 by default on token data; a
+    metric of the other task is an input error."""
+    if kind == "tokens":
+        if "metric" not in params.model_fields_set:
+            return "entity_f1"
+        if params.metric not in TOKEN_METRICS:
+            raise DataError(f"metric '{params.metric}' applies to one label per sample; dataset '{params.data}' is "
+                            f"token classification: use {' or '.join(TOKEN_METRICS)}")
+    elif params.metric in TOKEN_METRICS:
+        raise DataError(f"metric '{params.metric}' applies to token classification; dataset '{params.data}' holds "
+                        f"one label per sample: use accuracy, balanced_accuracy or f1_macro")
+    return params.metric
 
 
 def _domains(ctx: Context, params: DomainParams) -> list[str]:

@@ -24,6 +24,10 @@ CI over the explained samples. Attributions are computed by Captum and SHAP
 (`checks.explain.explainers`) on the model as the Context counts it; an explainer function
 can be injected (`Attribution(explainer=...)`) to test the tests.
 
+Text and token data (`text`): Captum's LayerIntegratedGradients on the token-embedding
+layer, deletion by removing the top tokens, the same randomization test, and per-token
+attributions as highlighted text; for token classification, one entity's prediction.
+
 Modules: `check` (the Check: parameters rules and the run), `params`, `inputs` (explained
 samples, targets, baselines, explainer set-up), `units` (pixels, feature groups, deletion
 patches), `faithfulness`, `randomization`, `sensitive`, `agreement`, `figures` (chart

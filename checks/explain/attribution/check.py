@@ -33,7 +33,7 @@ class Attribution(Check):
     version = 1
     area = "explainability"
     requires = ("data",)
-    kinds = ("image", "tabular")
+    kinds = ("image", "tabular", "text", "tokens")
     # None is a proportion (a share of samples): each is a mean of per-sample values.
     metrics: ClassVar[dict[str, MetricSpec]] = {
         "deletion_faithfulness": higher(
@@ -70,8 +70,14 @@ class Attribution(Check):
     @classmethod
     def preflight(cls, ctx: Context, params: AttributionParams) -> None:
         ds = ctx.dataset(params.data)
-        if ds.kind == "text":
-            return  # skipped at run time with the reason
+        if ds.kind in ("text", "tokens"):
+            from checks.explain.attribution.text import check_params
+
+            check_params(params, ds)
+            return
+        if "shap_text" in (params.method, params.compare_with):
+            raise DataError(f"shap_text explains text classification (SHAP's Text masker); dataset '{ds.name}' is "
+                            f"{ds.kind}")
         if params.baseline == "blurred" and ds.kind != "image":
             raise DataError(f"baseline 'blurred' needs image data; dataset '{ds.name}' is {ds.kind}")
         n_flat = int(np.prod(ds.x.shape[1:]))
@@ -102,6 +108,10 @@ class Attribution(Check):
     def run(self, ctx: Context, params: AttributionParams) -> Measurement:
         ds = ctx.dataset(params.data)
         self.preflight(ctx, params)
+        if ds.kind in ("text", "tokens"):  # integrated gradients on the token-embedding layer
+            from checks.explain.attribution.text import run_text
+
+            return run_text(ctx, params, ds, self.name)
         self._skip_if_impractical(ds, params)
         key = f"{self.name}:{params.data}"
         e = inputs.select(ctx, params, ds, key)

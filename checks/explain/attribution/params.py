@@ -9,7 +9,10 @@ from pydantic import Field, field_validator
 from audit.check import Params
 
 Method = Literal["integrated_gradients", "saliency", "deeplift", "gradient_shap", "occlusion",
-                 "shap_gradient", "shap_deep", "shap_kernel", "shap_permutation"]
+                 "shap_gradient", "shap_deep", "shap_kernel", "shap_permutation",
+                 # text classification with a Hugging Face tokenizer: SHAP's Partition explainer
+                 # over its Text masker (checks.explain.attribution.text)
+                 "shap_text"]
 
 
 class AttributionParams(Params):
