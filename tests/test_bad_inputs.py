@@ -8,9 +8,6 @@ line naming the problem, and that there is no traceback; then it builds the row'
 (the same thing done right) and checks that it runs (exit 0, 1 or 4). The model is a
 4-feature linear layer saved as safetensors with a factory module, the data a few dozen
 rows, so the whole table runs in well under a minute.
-
-Rows marked `DATA_PY` fail today because of `audit/data.py` (another engineer's file):
-they are strict xfails, so they turn into failures, to be unmarked, once it is fixed.
 """
 
 from __future__ import annotations
@@ -277,10 +274,7 @@ class Case:
     message: str
     twin: Callable[[T], list[str]]
     twin_code: int = 0
-    blocked: str | None = None  # why it fails today: a file this branch may not edit
 
-
-DATA_PY = "audit/data.py"
 
 valid_run: Callable[[T], list[str]] = lambda t: t.run(t.spec())  # noqa: E731
 valid_validate: Callable[[T], list[str]] = lambda t: ["validate", str(t.spec())]  # noqa: E731
@@ -528,7 +522,7 @@ def run_cli(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, s
 
 
 def _params() -> list[Any]:
-    return [pytest.param(c, id=c.id, marks=[pytest.mark.xfail(strict=True, reason=c.blocked)] if c.blocked else [])
+    return [pytest.param(c, id=c.id)
             for c in CASES]
 
 
