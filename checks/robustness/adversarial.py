@@ -177,7 +177,8 @@ class AdversarialRobustness(Check):
             _check_box(params, lo, hi, int(np.prod(ds.x.shape[1:])), "(model.input_range)")
         except ValueError as exc:
             raise SpecError(str(exc)) from None
-        xmin, xmax = float(ds.x.min()), float(ds.x.max())
+        stats = ctx.input_stats(params.data)  # exact, from the pass when the dataset streams
+        xmin, xmax = float(stats.min.min()), float(stats.max.max())
         if xmin < lo - 1e-6 or xmax > hi + 1e-6:
             raise SpecError(f"dataset '{params.data}' has values in [{xmin:g}, {xmax:g}], outside the "
                             f"model's input box [{lo:g}, {hi:g}]; set model.input_range to the range "
@@ -201,7 +202,7 @@ class AdversarialRobustness(Check):
         att = np.flatnonzero(correct)  # only correctly classified samples are attacked
         x = torch.as_tensor(ds.x[idx][att]).to(device)
         y = torch.as_tensor(y_np[att]).to(device)
-        geo = _geometry(ctx, ds, device)
+        geo = _geometry(ctx, ds, device, params.data)
         lo, hi, scale = geo["lo"], geo["hi"], geo["scale"]
         bs = params.batch_size or ctx.batch_size
         eps_list = params.eps_list(ds.kind)
@@ -607,34 +608,41 @@ def _image_box(ctx: Context) -> tuple[float, float]:
     return (0.0, 1.0) if box is None else (float(box[0]), float(box[1]))
 
 
-def tabular_geometry(ds: Any, device: torch.device | str = "cpu", input_range: tuple[float, float] | None = None
-                     ) -> dict[str, Any]:
+def tabular_geometry(ds: Any, device: torch.device | str = "cpu", input_range: tuple[float, float] | None = None,
+                     stats: Any = None) -> dict[str, Any]:
     """The perturbation set of a tabular dataset: eps unit (std per continuous feature,
-    0 for columns that must not move), the valid box and the whole-number columns."""
+    0 for columns that must not move), the valid box and the whole-number columns. From
+    the exact per-column statistics (`Context.input_stats`, the same over the same blocks
+    whether the dataset streams or not); computed here when none are given."""
     cont = ds.continuous
     if cont is None or not np.any(cont):
         raise SkipCheck(f"dataset '{ds.name}' marks no continuous features to perturb")
-    x = np.asarray(ds.x, dtype=np.float64)
-    movable = np.asarray(cont, dtype=bool) & (x.std(axis=0) > 0)
-    std = np.where(movable, x.std(axis=0), 0.0)
-    whole = np.all(np.isclose(x, np.round(x)), axis=0) & movable
+    if stats is None:
+        from audit.lazy import BlockStats, block_rows, merge_stats
+
+        step = block_rows(ds.x.shape[1])
+        stats = merge_stats([BlockStats.of(np.asarray(ds.x[s:s + step])) for s in range(0, len(ds), step)])
+    sd = stats.std
+    movable = np.asarray(cont, dtype=bool) & (sd > 0)
+    std = np.where(movable, sd, 0.0)
+    whole = np.asarray(stats.whole, dtype=bool) & movable
     as_t = lambda a: torch.as_tensor(a, dtype=torch.float32, device=device)  # noqa: E731
     if input_range is not None:
         lo, hi = float(input_range[0]), float(input_range[1])
     else:
         # No declared box: stay within each feature's observed range (plausible values).
-        lo, hi = as_t(x.min(axis=0)), as_t(x.max(axis=0))
+        lo, hi = as_t(stats.min), as_t(stats.max)
     return {"lo": lo, "hi": hi, "scale": as_t(std), "std": std, "movable": movable, "integer": whole,
             "integer_t": as_t(whole.astype(np.float32)) if whole.any() else None,
             "unit": "standard deviations of each continuous feature (one-hot and binary columns fixed)"}
 
 
-def _geometry(ctx: Context, ds: Any, device: torch.device) -> dict[str, Any]:
+def _geometry(ctx: Context, ds: Any, device: torch.device, name: str) -> dict[str, Any]:
     """lo, hi, scale (the per-feature unit of eps) and the whole-number columns."""
     if ds.kind == "image":
         lo, hi = _image_box(ctx)
         return {"lo": lo, "hi": hi, "scale": None, "integer_t": None, "unit": "input units"}
-    return tabular_geometry(ds, device, ctx.model.input_range)
+    return tabular_geometry(ds, device, ctx.model.input_range, ctx.input_stats(name))
 
 
 def _finalize(x0: torch.Tensor, xa: torch.Tensor, geo: dict[str, Any], norm: str, eps: float) -> torch.Tensor:

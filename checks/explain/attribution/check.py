@@ -118,7 +118,9 @@ class Attribution(Check):
         phases = Phases(ctx, len(e.idx))
         with phases("set-up (baseline, background, k-means)", per_sample=False):
             bg = inputs.background_dataset(ctx, ds)
-            baseline = inputs.baseline(params, e.x, bg)
+            bg_name = "train" if ctx.has_dataset("train") and bg is ctx.dataset("train") else params.data
+            mean = ctx.input_stats(bg_name).mean if params.baseline == "mean" else None
+            baseline = inputs.baseline(params, e.x, bg, mean)
             setup = inputs.explain_setup(ctx, params, ds, bg, key)
         units = feature_units(ds)
         chunk = params.batch_size or ctx.batch_size
