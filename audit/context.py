@@ -96,6 +96,8 @@ class Context:
         self._model: LoadedModel | None = None
         self._logits: dict[str, np.ndarray] = {}
         self._derived: dict[tuple[str, str], np.ndarray] = {}
+        # rows of a dataset predicted so far by `logits_rows`: (done mask, logits)
+        self._partial: dict[str, tuple[np.ndarray, np.ndarray]] = {}
         self._memo: dict[tuple[Any, ...], Any] = {}
 
     # ---- randomness ----------------------------------------------------------------
@@ -286,22 +288,52 @@ class Context:
     def logits(self, name: str) -> np.ndarray:
         if name not in self._logits:
             ds = self.dataset(name)
-            try:
-                out = self.infer(ds.x, what=f"Predicting '{name}' ({len(ds):,} samples)")
-            except ModelError:
-                raise
-            except (RuntimeError, ValueError, IndexError, TypeError) as exc:
-                # a shape or dtype mismatch surfaces in the first batch: one clear message
-                first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-                raise ModelError(f"the model cannot take dataset '{name}' (input shape "
-                                 f"{tuple(ds.x.shape[1:])}, dtype {ds.x.dtype}): {first}") from None
-            except Exception as exc:  # noqa: BLE001 - the model's own code raised: its error, in one line
-                first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-                raise ModelError(f"the model raised {type(exc).__name__} on dataset '{name}'"
-                                 + (f": {first}" if first else "")) from None
+            if name in self._partial:  # rows an earlier `logits_rows` computed are not run again
+                self.logits_rows(name, np.flatnonzero(~self._partial[name][0]))
+                self._logits[name] = self._partial.pop(name)[1]
+                return self._logits[name]
+            out = self._predict_rows(name, ds, None)
             self._validate_output(ds, out)
             self._logits[name] = out
         return self._logits[name]
+
+    def logits_rows(self, name: str, rows: np.ndarray) -> np.ndarray:
+        """Logits of some rows of a dataset (e.g. the members a check samples from 'train'):
+        sliced from the cache when the whole dataset was predicted, else only the rows no
+        earlier call ran are run, and kept for later calls and for `logits(name)`."""
+        rows = np.asarray(rows, dtype=np.int64)
+        if name in self._logits:
+            return self._logits[name][rows]
+        ds = self.dataset(name)
+        done, values = self._partial.get(name, (None, None))
+        need = np.unique(rows if done is None else rows[~done[rows]])
+        if len(need):
+            out = self._predict_rows(name, ds, need)
+            self._validate_output(ds, out)
+            if done is None:
+                done, values = np.zeros(len(ds), bool), np.zeros((len(ds), out.shape[1]), out.dtype)
+                self._partial[name] = (done, values)
+            values[need], done[need] = out, True
+        return values[rows]
+
+    def _predict_rows(self, name: str, ds: Dataset, rows: np.ndarray | None) -> np.ndarray:
+        """Counted logits of a dataset's rows (all when None); a model that cannot take them
+        is one clear ModelError."""
+        x = ds.x if rows is None else ds.x[rows]
+        try:
+            out = self.infer(x, what=f"Predicting '{name}' ({len(x):,} samples)")
+        except ModelError:
+            raise
+        except (RuntimeError, ValueError, IndexError, TypeError) as exc:
+            # a shape or dtype mismatch surfaces in the first batch: one clear message
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise ModelError(f"the model cannot take dataset '{name}' (input shape "
+                             f"{tuple(ds.x.shape[1:])}, dtype {ds.x.dtype}): {first}") from None
+        except Exception as exc:  # noqa: BLE001 - the model's own code raised: its error, in one line
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+            raise ModelError(f"the model raised {type(exc).__name__} on dataset '{name}'"
+                             + (f": {first}" if first else "")) from None
+        return out
 
     def _derive(self, what: str, name: str, make: Callable[[], np.ndarray]) -> np.ndarray:
         key = (what, name)

@@ -33,7 +33,8 @@ class AttributionParams(Params):
     randomization_abs: bool = Field(False, description="rank |attribution| instead of signed attribution")
     implementation: Literal["fast", "library"] = Field(
         "fast", description="fast: integrated_gradients and shap_gradient batched in plain torch (the same "
-                            "algorithm and points as Captum / SHAP, held equal to them); library: call Captum / SHAP")
+                            "algorithm and points as Captum / SHAP, held equal to them); "
+                            "library: call Captum / SHAP")
 
     @field_validator("sensitive", mode="before")
     @classmethod
