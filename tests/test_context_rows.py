@@ -25,7 +25,8 @@ def test_rows_then_everything_runs_each_row_once() -> None:
     rows = np.array([5, 3, 3, 250, 17])
     np.testing.assert_allclose(ctx.logits_rows("train", rows), reference[rows], rtol=1e-6, atol=1e-7)
     assert ctx.forward_samples == 4  # distinct rows only
-    np.testing.assert_allclose(ctx.logits_rows("train", np.array([3, 17, 18])), reference[[3, 17, 18]], rtol=1e-6, atol=1e-7)
+    more = np.array([3, 17, 18])
+    np.testing.assert_allclose(ctx.logits_rows("train", more), reference[more], rtol=1e-6, atol=1e-7)
     assert ctx.forward_samples == 5  # only row 18 was new
     np.testing.assert_allclose(ctx.logits("train"), reference, rtol=1e-6, atol=1e-7)
     assert ctx.forward_samples == 300  # the rest, once
