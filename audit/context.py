@@ -124,6 +124,8 @@ class Context:
         self._embedding_roles: set[str] | None = None
         self._sub_logits: dict[str, np.ndarray] = {}
         self._derived: dict[tuple[str, str], np.ndarray] = {}
+        # rows of a dataset predicted so far by `logits_rows`: (done mask, logits)
+        self._partial: dict[str, tuple[np.ndarray, np.ndarray]] = {}
         self._memo: dict[tuple[Any, ...], Any] = {}
         self.execution = spec.execution
         self._engine: Any = None  # audit.engines.RayEngine once started
@@ -321,8 +323,51 @@ class Context:
         dataset, (N, W, K) word-level logits: each word's first sub-token's (0 past the
         sentence and for words lost to truncation; see `predictions`)."""
         if name not in self._logits:
-            self._predict(name, capture=self._embedding_wanted(name))
+            ds = self.dataset(name)
+            capture = self._embedding_wanted(name)
+            if name in self._partial and not capture and not ds.lazy:
+                # rows an earlier `logits_rows` computed are not run again
+                done, _ = self._partial[name]
+                self.logits_rows(name, np.flatnonzero(~done))
+                self._logits[name] = self._partial.pop(name)[1]
+            else:
+                self._partial.pop(name, None)
+                self._predict(name, capture=capture)
         return self._logits[name]
+
+    def logits_rows(self, name: str, rows: np.ndarray) -> np.ndarray:
+        """Logits of some rows of a dataset (e.g. the members a check samples from 'train'):
+        sliced from the cache when the whole dataset was predicted, else only the rows no
+        earlier call ran are run (a streamed dataset reads only those rows), and kept for
+        later calls and for `logits(name)`. Token data: sliced from the one full pass (its
+        word-level logits need every sentence's sub-tokens)."""
+        rows = np.asarray(rows, dtype=np.int64)
+        ds = self.dataset(name)
+        if name in self._logits or ds.kind == "tokens":
+            return self.logits(name)[rows]
+        done, values = self._partial.get(name, (None, None))
+        need = np.unique(rows if done is None else rows[~done[rows]])
+        if len(need):
+            out = self._predict_rows(ds, need)
+            self._validate_output(ds, out)
+            if done is None:
+                done, values = np.zeros(len(ds), bool), np.zeros((len(ds), out.shape[1]), out.dtype)
+                self._partial[name] = (done, values)
+            values[need], done[need] = out, True
+        return values[rows]
+
+    def _predict_rows(self, ds: Dataset, rows: np.ndarray) -> np.ndarray:
+        """Counted logits of some rows of a dataset; a model that cannot take them is one
+        clear ModelError."""
+        x = ds.take(rows)
+        try:
+            return self.infer(x, what=f"Predicting '{ds.name}' ({len(x):,} samples)")
+        except ModelError:
+            raise
+        except (RuntimeError, ValueError, IndexError, TypeError) as exc:
+            raise self._cannot_take(ds, exc) from None
+        except Exception as exc:  # noqa: BLE001 - the model's own code raised: its error, in one line
+            raise self._raised(ds, exc) from None
 
     def _predict(self, name: str, *, capture: bool) -> None:
         """The cached pass over dataset `name`; with `capture`, the penultimate-layer

@@ -35,6 +35,14 @@ def select(ctx: Context, params: AttributionParams, ds: Dataset, key: str) -> Ex
     return Explained(idx, x, target, proba_all[idx, target], proba_all, pred_all)
 
 
+def cached_float32_logits(ctx: Context, name: str, rows: np.ndarray) -> np.ndarray | None:
+    """The cached logits of `rows` when the audit's inference ran in float32 (no autocast:
+    not on CUDA), so that a check needing f(x) in float32 reuses them; None otherwise."""
+    if ctx.device.type == "cuda":
+        return None
+    return ctx.logits(name)[rows]
+
+
 def targets(params: AttributionParams, ds: Dataset, rows: np.ndarray, pred_all: np.ndarray) -> np.ndarray:
     if params.target == "predicted":
         return pred_all[rows].astype(np.int64)
