@@ -162,6 +162,10 @@ class _ShardWorker:
             torch.set_num_threads(int(threads))
         self.device = torch.device(setup["device"])
         self.module = None
+        if model is not None and type(model).__name__ == "ObjectRef":
+            import ray
+
+            model = ray.get(model)  # the model was put in the object store once, for every worker
         if model is not None:
             module = _unwrap_model(model)
             module.to(self.device).eval()
@@ -172,7 +176,7 @@ class _ShardWorker:
     def _forward(self, buf: np.ndarray) -> dict[str, np.ndarray | None]:
         import torch
 
-        from audit.context import _capture_head, predict_logits
+        from audit.inference import _capture_head, predict_logits
 
         cast = torch.autocast(device_type="cuda", dtype=torch.bfloat16) if self.device.type == "cuda" else \
             torch.autocast(device_type=self.device.type, enabled=False)
@@ -246,7 +250,7 @@ class RayEngine:
     def require() -> Any:
         try:
             import ray
-            import ray.data  # noqa: F401
+            import ray.data
         except ImportError as exc:
             raise EngineError(f"execution engine 'ray' needs Ray Data, which is not installed ({exc.name or exc}): "
                               "pip install 'audit-suite[ray]' (or use engine: streaming on one machine)") from None
@@ -273,6 +277,8 @@ class RayEngine:
         kw: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False, "logging_level": logging.WARNING,
                               "configure_logging": True}
         os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+        if address not in ("local", "auto"):
+            _probe(address)
         try:
             if address == "local":
                 cpus = os.cpu_count() or 1
@@ -334,10 +340,11 @@ class RayEngine:
                  "capture": bool(capture and module is not None), "threads": max(1, int(res["num_cpus"]))}
         model_ref = ray.put(_shippable(module)) if module is not None else None
         retries = int(ex.max_retries)
+        workers = min(ex.num_workers, len(items))  # no idle actor for a dataset of fewer shards
         data = ray.data.from_items(items, override_num_blocks=len(items))
         mapped = data.map_batches(
             _ShardWorker, fn_constructor_args=(model_ref, x, setup), batch_size=1, batch_format="numpy",
-            compute=ray.data.ActorPoolStrategy(size=ex.num_workers), num_cpus=res["num_cpus"],
+            compute=ray.data.ActorPoolStrategy(size=workers), num_cpus=res["num_cpus"],
             num_gpus=res["num_gpus"] or None,
             ray_remote_args_fn=lambda: {"max_restarts": retries, "max_task_retries": retries})
         col = _Collector(n, block)
@@ -360,12 +367,29 @@ class RayEngine:
                     done_rows += int(part["stop"]) - int(part["start"])
                     done_tasks += 1
                     if progress:
-                        progress(done_rows, n, f"shard {done_tasks}/{len(items)} on {ex.num_workers} Ray workers")
+                        progress(done_rows, n, f"shard {done_tasks}/{len(items)} on {workers} Ray workers")
         except Exception as exc:  # noqa: BLE001 - sorted below: our own errors, or Ray's after its retries
             raise _ray_failure(exc) from None
-        return col.summary(engine="ray", shards=x.shards, tasks=len(items), workers=ex.num_workers,
+        return col.summary(engine="ray", shards=x.shards, tasks=len(items), workers=workers,
                            seconds=time.perf_counter() - t0,
                            extra={"num_cpus_per_worker": res["num_cpus"], "num_gpus_per_worker": res["num_gpus"]})
+
+
+def _probe(address: str, timeout: float = 5.0) -> None:
+    """Refuse an address nothing listens on before handing it to Ray: Ray's GCS client
+    keeps retrying an unreachable head for minutes, logging from C++, before it gives up."""
+    import socket
+
+    hostport = address.removeprefix("ray://")
+    host, _, port = hostport.rpartition(":")
+    host = host.strip("[]")
+    try:
+        with socket.create_connection((host, int(port)), timeout=timeout):
+            pass
+    except OSError as exc:
+        why = exc.strerror or type(exc).__name__
+        raise EngineError(f"execution.address: cannot connect to the Ray cluster at {address}: {why} "
+                          "(is the head running? `ray start --head` prints its address)") from None
 
 
 def _shippable(module: Any) -> Any:

@@ -30,6 +30,7 @@ Readers hold paths and layouts, never open handles, so that they travel to Ray w
 from __future__ import annotations
 
 import hashlib
+import itertools
 import zipfile
 import zlib
 from collections.abc import Callable, Iterator, Sequence
@@ -345,7 +346,7 @@ class ArrayInputs(LazyInputs):
     def __init__(self, x: np.ndarray, kind: str, source: str = "in-memory array", shards: int = 1) -> None:
         x = np.asarray(x)
         bounds = np.linspace(0, len(x), shards + 1).astype(int)
-        super().__init__([_ArrayPart(x[a:b]) for a, b in zip(bounds[:-1], bounds[1:])], x.shape[1:], kind, source)
+        super().__init__([_ArrayPart(x[a:b]) for a, b in itertools.pairwise(bounds)], x.shape[1:], kind, source)
 
 
 class _ArrayPart(Part):
