@@ -121,18 +121,20 @@ def _numbers(results: Any) -> dict[str, Any]:
             for c in results.checks}
 
 
-@pytest.fixture()
-def factory_on_path(workspace: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+@pytest.fixture(scope="module")
+def factory_on_path(workspace: Path) -> Path:
     # the driver imports the factory from sys.path; Ray's workers (started by ray.init
     # below, with this environment) unpickle the model and need it on PYTHONPATH
-    monkeypatch.syspath_prepend(str(workspace))
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(workspace), os.environ.get("PYTHONPATH", "")]))
-    yield workspace
+    with pytest.MonkeyPatch.context() as mp:
+        mp.syspath_prepend(str(workspace))
+        mp.setenv("PYTHONPATH", os.pathsep.join([str(workspace), os.environ.get("PYTHONPATH", "")]))
+        yield workspace
     sys.modules.pop(MODULE, None)
 
 
-@pytest.fixture()
+@pytest.fixture(scope="module")
 def local_ray(factory_on_path: Path) -> Any:
+    # one local instance for the module's Ray tests (starting one takes seconds)
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     yield ray
     ray.shutdown()
