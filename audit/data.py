@@ -943,7 +943,8 @@ def _table_chunks(path: Path, columns: list[str], where: str) -> Iterator[Any]:
         if path.suffix.lower() == ".parquet":
             import pyarrow.parquet as pq
 
-            for batch in pq.ParquetFile(path).iter_batches(columns=columns, batch_size=_VALIDATE_CHUNK_ROWS):
+            pf = pq.ParquetFile(path, pre_buffer=False)  # bounded: see audit.lazy.ParquetPart
+            for batch in pf.iter_batches(columns=columns, batch_size=_VALIDATE_CHUNK_ROWS):
                 yield batch.to_pandas()
         else:
             yield from pd.read_csv(path, usecols=columns, chunksize=_VALIDATE_CHUNK_ROWS)
@@ -1105,7 +1106,7 @@ def _load_table_files(src: _Source, name: str, entry: DataEntry, files: list[Pat
             if f.suffix.lower() == ".parquet":
                 import pyarrow.parquet as pq
 
-                pf = pq.ParquetFile(f)
+                pf = pq.ParquetFile(f, pre_buffer=False)  # bounded: see audit.lazy.ParquetPart
                 groups = [pf.metadata.row_group(i).num_rows for i in range(pf.num_row_groups)]
                 parts.append(ParquetPart(str(f), features, groups))
                 chunks: Any = (b.to_pandas() for b in pf.iter_batches(columns=keep, batch_size=1 << 20))

@@ -28,6 +28,10 @@ def predict_logits(module: torch.nn.Module, x: np.ndarray | torch.Tensor, device
     outs: list[torch.Tensor] = []
     with torch.inference_mode(), (autocast or contextlib.nullcontext()):
         for start, rows in _batches(x, batch_size):
+            if isinstance(rows, np.ndarray) and not rows.flags.writeable:
+                # a streamed batch may be a read-only view of pyarrow's buffers, which torch
+                # warns about; copying one batch is cheap
+                rows = rows.copy()
             xb = torch.as_tensor(rows).to(device, non_blocking=True)
             outs.append(_logits_of(module(xb)).float())
             if progress:

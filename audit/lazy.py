@@ -383,7 +383,9 @@ class ParquetPart(Part):
         if getattr(self, "_file", None) is None:
             import pyarrow.parquet as pq
 
-            self._file = pq.ParquetFile(self.path)
+            # pre_buffer off: with it pyarrow keeps every row group it has read in its pool
+            # until the file is closed (the whole file, on one pass)
+            self._file = pq.ParquetFile(self.path, pre_buffer=False)
         return self._file
 
     def _group(self, g: int) -> np.ndarray:
