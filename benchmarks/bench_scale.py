@@ -44,6 +44,7 @@ and actor start-up costs ~10 s per pass).
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import statistics
@@ -150,11 +151,11 @@ def env_for(code: Path | None) -> dict[str, str]:
 
 def run_audit(folder: Path, code: Path | None) -> dict:
     out = folder / "report"
-    cmd = [sys.executable, "-c", "import sys, torch; torch.set_num_threads(1); from audit.cli import main; "
-           "sys.exit(main(sys.argv[1:]))", "run", str(folder / "spec.yaml"), "--out", str(out), "--format", "json",
+    cmd = [sys.executable, "-c", ("import sys, torch; torch.set_num_threads(1); from audit.cli import main; "
+                                  "sys.exit(main(sys.argv[1:]))"), "run", str(folder / "spec.yaml"), "--out", str(out), "--format", "json",
            "--quiet", "--force"]
     t0 = time.perf_counter()
-    proc = subprocess.run(cmd, env=env_for(code), capture_output=True, text=True, cwd=folder)
+    proc = subprocess.run(cmd, env=env_for(code), capture_output=True, text=True, cwd=folder, check=False)
     wall = time.perf_counter() - t0
     if proc.returncode not in (0, 1):
         raise RuntimeError(f"audit run exited {proc.returncode}: {proc.stderr[-2000:]}")
@@ -346,7 +347,7 @@ def main_streamed(args: argparse.Namespace) -> None:
               f"{r['bare_peak_mib']:9.0f} {r['bare_rows_s']:12,.0f} | {r['wall'] / r['bare_wall']:6.2f}x | "
               f"{r['load']:.2f}", flush=True)
         print(f"    pass {r['pass_s']} s; checks {r['checks']}; statuses {r['status']}", flush=True)
-    for a, b in zip(rows, rows[1:]):
+    for a, b in itertools.pairwise(rows):
         print(f"N {a['n']:,} -> {b['n']:,} ({b['n'] / a['n']:.0f}x rows): peak RSS x{b['peak_mib'] / a['peak_mib']:.2f}, "
               f"audit rows/s x{b['rows_s'] / a['rows_s']:.2f}")
     if args.json:
