@@ -1125,6 +1125,11 @@ def _load_table_files(src: _Source, name: str, entry: DataEntry, files: list[Pat
         except Exception as exc:  # noqa: BLE001 - pandas/pyarrow raise many types for malformed files
             raise DataError(f"cannot read the file {f.name}: {_first_line(exc)}", where=where) from None
     n = sum(p.n for p in parts)
+    import pyarrow as pa
+
+    # the label and sensitive chunks (strings, as pandas objects) leave pyarrow's pool
+    # holding memory it would otherwise keep for the rest of the audit (~11 B/row)
+    pa.default_memory_pool().release_unused()
     if n == 0:
         raise DataError("the dataset is empty: the file has a header but no rows", where=where)
     _check_feature_types(files, features, where)

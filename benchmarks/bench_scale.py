@@ -31,11 +31,11 @@ performance.calibration and data.integrity; wall time and peak RSS.
     python benchmarks/bench_scale.py --images 100000
 
 Measured (2026-11-29, 2 cores shared with another job, load average 1.3-2.8):
---streamed, engine streaming: N=10^5 9.5 s, 501 MiB; 10^6 13.6 s, 628 MiB; 10^7 58.0 s,
-1817 MiB (172k rows/s; the bare loop 724k rows/s). Peak RSS 10^6 -> 10^7: x2.89 (the
+--streamed, engine streaming: N=10^5 9.4 s, 497 MiB; 10^6 11.7 s, 631 MiB; 10^7 60.1 s,
+1815 MiB (166k rows/s; the bare loop 826k rows/s). Peak RSS 10^6 -> 10^7: x2.88 (the
 per-row summaries and the checks' float64 temporaries, e.g. calibration's ~100 B/row;
-the goal was < 1.5x); rows/s 4.2x below the bare loop (the pass itself is close to the
-loop; the checks' O(N) work, 27 s at 10^7, and start-up are not).
+the goal was < 1.5x); rows/s 5x below the bare loop (the pass itself, 15.7 s, is close
+to the loop; the checks' O(N) work, 27 s at 10^7, and start-up are not).
 --images 100000: 71 s, 583 MiB peak. Ray, MLP 1024x4 on 2x10^5 rows: pass 33.5 s with
 1 worker, 42.0 s with 2 (no speed-up: one of the two cores was busy with the other job,
 and actor start-up costs ~10 s per pass).
