@@ -11,7 +11,16 @@ deviation and 0 for features that must not move (categorical one-hots).
 
 PGD keeps, per sample, the first iterate that is misclassified (as AutoAttack does): the
 logits of every iterate are computed anyway for its gradient, so this costs no pass and
-makes the reported robust accuracy a tighter upper bound.
+makes the reported robust accuracy a tighter upper bound. With `early_stop` (default) a
+sample fooled at some iterate is attacked no further: what is reported for it (that
+first fooling iterate and its predicted class) is the same, and its remaining passes are
+saved. The result carries the predicted class of every returned point the loop already
+classified, so that the caller need not predict them again.
+
+Linf steps clamp the perturbation to `[max(x - eps*scale, lo) - x, min(x + eps*scale, hi)
+- x]` (one in-place clamp per step; the same set as clipping the perturbation and then the
+input); L2 steps project it. The gradient is taken with respect to the perturbation added
+to the input (a few per cent faster on a CPU than with respect to the input itself).
 """
 
 from __future__ import annotations
@@ -34,6 +43,9 @@ class AttackResult:
     x_adv: torch.Tensor        # (n, ...) adversarial inputs, on the device
     bad_grad: torch.Tensor     # (n,) bool: input gradient all zero or non-finite at the first step
     passes: dict[str, int]     # forward / backward samples this attack ran
+    # (n,) predicted class of x_adv where the attack loop classified that very point (a
+    # fooling iterate), -1 where it did not (the final iterate of a sample never fooled)
+    pred: torch.Tensor | None = None
 
 
 def loss_fn(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -107,44 +119,78 @@ class _Geometry:
     def grad_score(self, grad: torch.Tensor) -> torch.Tensor:
         return self._scaled(grad).flatten(1).abs().amax(dim=1)
 
+    def linf_box(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-element bounds of a Linf perturbation: the eps-ball around x inside the box, minus x."""
+        bound = self.eps if self.scale is None else self.eps * self.scale
+        lo = torch.maximum(x - bound, torch.as_tensor(self.lo, dtype=x.dtype, device=x.device)) - x
+        hi = torch.minimum(x + bound, torch.as_tensor(self.hi, dtype=x.dtype, device=x.device)) - x
+        return lo, hi
+
+    def advance(self, x: torch.Tensor, delta: torch.Tensor, grad: torch.Tensor, step_size: float,
+                box: tuple[torch.Tensor, torch.Tensor] | None) -> torch.Tensor:
+        """The next perturbation from `delta` (detached) and a sanitized gradient; in place for Linf."""
+        if box is not None:
+            g = grad.sign_() if self.scale is None else self._scaled(self._scaled(grad).sign_())
+            return delta.add_(g, alpha=step_size).clamp_(box[0], box[1])
+        return self.project(x, self.step(delta, grad, step_size))
+
 
 def _pgd_batch(forward: Forward, count_backward: Counter, x: torch.Tensor, y: torch.Tensor,
                geo: _Geometry, steps: int, step_size: float, random_start: bool,
-               generator: torch.Generator | None, bad_grad: torch.Tensor | None,
-               ) -> tuple[torch.Tensor, torch.Tensor, int, int]:
-    """One restart on one batch. Returns (x_adv, fooled-at-some-iterate, forward, backward)."""
+               generator: torch.Generator | None, bad_grad: torch.Tensor | None, early_stop: bool = True,
+               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int, int]:
+    """One restart on one batch. Returns (x_adv, fooled at some iterate, predicted class of
+    x_adv where known else -1, forward, backward). With `early_stop`, samples leave the
+    batch at the iterate that fools them."""
     n = x.shape[0]
     delta = geo.random_start(x, generator) if random_start else torch.zeros_like(x)
-    best = x.clone()
+    box = geo.linf_box(x) if geo.norm == "linf" else None
+    best = torch.empty_like(x)
     found = torch.zeros(n, dtype=torch.bool, device=x.device)
+    pred = torch.full((n,), -1, dtype=torch.long, device=x.device)
+    active = torch.arange(n, device=x.device)  # rows of the batch still attacked
+    xs, ys = x, y
     fwd = bwd = 0
     for t in range(steps):
+        m = int(xs.shape[0])
         delta.requires_grad_(True)
-        logits = forward(x + delta)
-        (grad,) = torch.autograd.grad(loss_fn(logits, y), delta)
-        count_backward(n)
-        fwd += n
-        bwd += n
+        logits = forward(xs + delta)
+        (grad,) = torch.autograd.grad(loss_fn(logits, ys), delta)
+        count_backward(m)
+        fwd += m
+        bwd += m
+        delta = delta.detach()
         with torch.no_grad():
             if t == 0 and bad_grad is not None:
                 score = geo.grad_score(grad)
-                bad_grad |= (score == 0) | ~torch.isfinite(score)
-            grad = torch.nan_to_num(grad, nan=0.0, posinf=0.0, neginf=0.0)
-            cur = x + delta
-            newly = (predict(logits) != y) & ~found
-            best = torch.where(_rows(newly, x), cur, best)
-            found |= newly
-            delta = geo.project(x, geo.step(delta.detach(), grad, step_size))
-    final = x + delta.detach()
-    best = torch.where(_rows(found, x), best, final)
-    return best, found, fwd, bwd
+                bad_grad[active] |= (score == 0) | ~torch.isfinite(score)
+            grad = grad.nan_to_num_(nan=0.0, posinf=0.0, neginf=0.0)
+            p = predict(logits)
+            newly = p != ys
+            if not early_stop:
+                newly &= ~found[active]
+            if bool(newly.any()):
+                rows = active[newly]
+                best[rows], pred[rows], found[rows] = xs[newly] + delta[newly], p[newly], True
+                if early_stop:
+                    keep = ~newly
+                    active, xs, ys, delta, grad = active[keep], xs[keep], ys[keep], delta[keep], grad[keep]
+                    if box is not None:
+                        box = (box[0][keep], box[1][keep])
+                    if active.numel() == 0:
+                        break
+            delta = geo.advance(xs, delta, grad, step_size, box)
+    rest = active if early_stop else torch.nonzero(~found).flatten()
+    if rest.numel():
+        best[rest] = (xs + delta) if early_stop else (x + delta)[rest]
+    return best, found, pred, fwd, bwd
 
 
 def pgd(forward: Forward, x: torch.Tensor, y: torch.Tensor, *, eps: float, norm: Norm = "linf",
         steps: int = 20, step_size: float | None = None, restarts: int = 1, random_start: bool = True,
         lo: torch.Tensor | float = 0.0, hi: torch.Tensor | float = 1.0, scale: torch.Tensor | None = None,
         generator: torch.Generator | None = None, count_backward: Counter | None = None,
-        batch_size: int = 256) -> AttackResult:
+        batch_size: int = 256, early_stop: bool = True) -> AttackResult:
     """Untargeted PGD. `x`, `y` on the attack device. Restarts after the first run only on
     the samples no earlier restart fooled (one extra forward pass decides which)."""
     if eps < 0:
@@ -155,6 +201,7 @@ def pgd(forward: Forward, x: torch.Tensor, y: torch.Tensor, *, eps: float, norm:
     n = x.shape[0]
     out = x.clone()
     bad = torch.zeros(n, dtype=torch.bool, device=x.device)
+    pred = torch.full((n,), -1, dtype=torch.long, device=x.device)
     passes = {"forward": 0, "backward": 0}
     for start in range(0, n, batch_size):
         sl = slice(start, start + batch_size)
@@ -162,18 +209,22 @@ def pgd(forward: Forward, x: torch.Tensor, y: torch.Tensor, *, eps: float, norm:
         idx = torch.arange(xb.shape[0], device=x.device)
         fooled = torch.zeros(xb.shape[0], dtype=torch.bool, device=x.device)
         advb = xb.clone()
+        predb = torch.full((xb.shape[0],), -1, dtype=torch.long, device=x.device)
         bad_b = torch.zeros(xb.shape[0], dtype=torch.bool, device=x.device)
         for r in range(restarts):
-            adv, found, f, b = _pgd_batch(forward, count_backward, xb[idx], yb[idx], geo, steps, step_size,
-                                          random_start, generator, bad_b if r == 0 else None)
+            adv, found, p, f, b = _pgd_batch(forward, count_backward, xb[idx], yb[idx], geo, steps, step_size,
+                                             random_start, generator, bad_b if r == 0 else None, early_stop)
             passes["forward"] += f
             passes["backward"] += b
             if r + 1 < restarts:
                 # Which final iterates fool the model decides who gets another restart.
                 with torch.no_grad():
-                    found |= predict(forward(adv)) != yb[idx]
-                passes["forward"] += int(idx.shape[0])
+                    unknown = p < 0
+                    p[unknown] = predict(forward(adv[unknown]))
+                    found |= p != yb[idx]
+                passes["forward"] += int(unknown.sum())
             advb[idx] = adv
+            predb[idx] = p
             fooled[idx] |= found
             if r + 1 < restarts:
                 idx = idx[~found]
@@ -181,15 +232,42 @@ def pgd(forward: Forward, x: torch.Tensor, y: torch.Tensor, *, eps: float, norm:
                     break  # without a random start a restart repeats the same path
         out[sl] = advb
         bad[sl] = bad_b
-    return AttackResult(out, bad, passes)
+        pred[sl] = predb
+    return AttackResult(out, bad, passes, pred)
 
 
 def fgsm(forward: Forward, x: torch.Tensor, y: torch.Tensor, *, eps: float, norm: Norm = "linf",
          lo: torch.Tensor | float = 0.0, hi: torch.Tensor | float = 1.0, scale: torch.Tensor | None = None,
-         count_backward: Counter | None = None, batch_size: int = 256) -> AttackResult:
-    """FGSM (L2: the fast gradient method): one step of size eps from the clean input."""
-    return pgd(forward, x, y, eps=eps, norm=norm, steps=1, step_size=eps, restarts=1, random_start=False,
-               lo=lo, hi=hi, scale=scale, count_backward=count_backward, batch_size=batch_size)
+         count_backward: Counter | None = None, batch_size: int = 256,
+         gradient: torch.Tensor | None = None) -> AttackResult:
+    """FGSM (L2: the fast gradient method): one step of size eps from the clean input.
+    The step's direction is the loss gradient at the clean input, whatever eps: pass the
+    `clean_gradient` of an earlier call as `gradient` to sweep eps without another pass."""
+    passes = {"forward": 0, "backward": 0}
+    if gradient is None:
+        gradient = clean_gradient(forward, x, y, count_backward=count_backward, batch_size=batch_size)
+        passes = {"forward": int(x.shape[0]), "backward": int(x.shape[0])}
+    geo = _Geometry(norm, eps, lo, hi, scale)
+    with torch.no_grad():
+        score = geo.grad_score(gradient)
+        bad = (score == 0) | ~torch.isfinite(score)
+        g = torch.nan_to_num(gradient, nan=0.0, posinf=0.0, neginf=0.0)
+        x_adv = x + geo.project(x, geo.step(torch.zeros_like(x), g, eps))
+    return AttackResult(x_adv, bad, passes)
+
+
+def clean_gradient(forward: Forward, x: torch.Tensor, y: torch.Tensor, *, count_backward: Counter | None = None,
+                   batch_size: int = 256) -> torch.Tensor:
+    """The loss gradient with respect to the input at the clean input (one forward and
+    backward pass per sample): FGSM's direction at every eps."""
+    count_backward = count_backward or (lambda n: None)
+    out = torch.empty_like(x)
+    for start in range(0, x.shape[0], batch_size):
+        xb = x[start:start + batch_size].clone().requires_grad_(True)
+        (g,) = torch.autograd.grad(loss_fn(forward(xb), y[start:start + batch_size]), xb)
+        count_backward(int(xb.shape[0]))
+        out[start:start + batch_size] = g
+    return out
 
 
 def uniform_noise(x: torch.Tensor, *, eps: float, norm: Norm = "linf", lo: torch.Tensor | float = 0.0,

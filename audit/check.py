@@ -117,18 +117,32 @@ def lower(description: str, *, unit: str = "", bounds: tuple[float | None, float
 
 
 @dataclass(frozen=True)
+class NormalApprox:
+    """An interval `g^-1(g(value) -+ q * se)` from an estimate and its standard error `se`
+    on the scale of the link `g` ("identity" or "logit"), q a quantile of Student's t with
+    `df` degrees of freedom (the normal when None): what a mean's or a DeLong AUC's
+    interval rests on, so that the runner can invert it into a one-sided p-value."""
+
+    se: float
+    link: str = "identity"
+    df: float | None = None
+
+
+@dataclass(frozen=True)
 class Metric:
     """A measured value with its confidence interval and the sample size it rests on.
 
-    `successes` (a proportion's numerator, with `n`) or `draws` (the resampled values
-    behind a bootstrap interval) let the runner compute how likely the value is on the
-    wrong side of a threshold, for family-wise control; they are not serialized."""
+    `successes` (a proportion's numerator, with `n`), `draws` (the resampled values
+    behind a bootstrap interval) or `approx` (the standard error behind an interval from
+    a variance) let the runner compute how likely the value is on the wrong side of a
+    threshold, for family-wise control; they are not serialized."""
 
     value: float
     ci: tuple[float, float] | None = None
     n: int | None = None
     successes: int | None = field(default=None, compare=False)
     draws: Any = field(default=None, repr=False, compare=False)
+    approx: NormalApprox | None = field(default=None, compare=False)
 
     def to_json(self) -> dict[str, Any]:
         out = {"value": _num(self.value), "ci": None if self.ci is None else [_num(self.ci[0]), _num(self.ci[1])]}

@@ -95,6 +95,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("spec", type=Path)
     run.add_argument("--device", type=_device, help="override the spec's device (auto, cpu, cuda, cuda:N, mps)")
     run.add_argument("--strict", action="store_true", help="warnings make the audit non-compliant (exit 1)")
+    run.add_argument("--engine", choices=["auto", "memory", "streaming", "ray"],
+                     help="override the spec's execution.engine (ray: shard the passes over a Ray cluster)")
     run.add_argument("--mlflow", nargs="?", const="./mlruns", default=None, metavar="TRACKING_URI",
                      help="also log the audit as one MLflow run (default tracking URI: ./mlruns)")
     common(run)
@@ -257,6 +259,12 @@ def cmd_run(args: argparse.Namespace, spec_path: Path | None = None) -> int:
 
         require_mlflow()
     spec = load_spec(spec_path or args.spec)
+    if getattr(args, "engine", None):
+        spec.execution = spec.execution.model_copy(update={"engine": args.engine})
+    if spec.execution.engine == "ray":  # Ray missing: one message, before anything is read
+        from audit.engines import RayEngine
+
+        RayEngine.require()
     # refuse before the audit runs, not after: a taken or unwritable folder is known now
     check_target(args.out, force=args.force)
     probe_writable(args.out)
@@ -321,6 +329,15 @@ def cmd_validate(args: argparse.Namespace) -> int:
     checked = validate_inputs(spec)
     print(f"{args.spec}: valid ({len(spec.checks)} checks, datasets: {', '.join(spec.dataset_names())})")
     print("\n".join(checked.lines()))
+    ex = spec.execution
+    if ex.engine == "ray":
+        from audit.engines import RayEngine
+
+        ray = RayEngine.require()
+        print(f"  execution: ray at {ex.address} ({ex.num_workers} workers, {ex.num_gpus_per_worker:g} GPU each; "
+              f"Ray {ray.__version__} installed; the address is not contacted)")
+    elif ex.engine != "auto":
+        print(f"  execution: {ex.engine}")
     if spec.profiles:
         print("standards: " + ", ".join(f"{p.name} ({len(p.clauses)} clauses)" for p in spec.profiles))
     return EXIT_OK

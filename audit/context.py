@@ -10,6 +10,13 @@ taken by a hook during the same cached pass as the logits.
 
 Loaders do not see the Context: they take the spec entry and a `get_dataset` callable,
 so data and model loading never call back into it.
+
+Streamed datasets (`Dataset.lazy`, see audit.lazy and audit.engines) get one pass each,
+on this machine or on Ray (`execution.engine`), which leaves the per-sample summaries
+every check shares (`summary(name)`): float32 logits, row hashes, the content hash and
+exact input statistics. `probabilities`, `predictions` and `losses` derive from the
+logits as for an in-memory dataset (row by row, so the numbers are the same); checks that
+need inputs read a seeded sample (`sample`, `Dataset.take`).
 """
 
 from __future__ import annotations
@@ -25,50 +32,14 @@ import torch
 from audit.data import DatasetStore
 from audit.dataset import Dataset, LoadedModel
 from audit.device import resolve_device
-from audit.errors import ModelError
+from audit.errors import DataError, ModelError
+from audit.inference import _batches, _capture_head, _logits_of, predict_logits
 from audit.seeding import seeded_rng
 from audit.spec import AuditSpec
 
 # A model a check may run: a torch module (run under inference mode, batched on the
 # device), or any callable from a numpy batch to numpy logits (an ONNX Runtime session).
 Runnable = torch.nn.Module | Callable[[np.ndarray], np.ndarray]
-
-
-def predict_logits(module: torch.nn.Module, x: np.ndarray | torch.Tensor, device: torch.device | str = "cpu",
-                   batch_size: int = 256, *, autocast: Any = None,
-                   progress: Callable[[int, int], None] | None = None) -> np.ndarray:
-    """Batched float32 logits (N, K) of `module` on `x` under inference mode. Outputs stay
-    on the device until one host transfer at the end: no sync inside the loop.
-
-    Uncounted: checks call `Context.run_model`, which counts; this is for code outside
-    an audit (training, benchmarks)."""
-    device = torch.device(device)
-    n = int(x.shape[0])
-    outs: list[torch.Tensor] = []
-    with torch.inference_mode(), (autocast or contextlib.nullcontext()):
-        for start in range(0, n, batch_size):
-            xb = torch.as_tensor(x[start:start + batch_size]).to(device, non_blocking=True)
-            outs.append(_logits_of(module(xb)).float())
-            if progress:
-                progress(min(start + batch_size, n), n)
-    out = torch.cat(outs).cpu().numpy() if outs else np.zeros((0, 1), np.float32)
-    return out[:, None] if out.ndim == 1 else out
-
-
-def _logits_of(out: Any) -> torch.Tensor:
-    """The logits tensor of a model's output: a tensor, or a Hugging Face style output or
-    dict with `logits`, or a tuple whose first item is the logits."""
-    if isinstance(out, torch.Tensor):
-        return out
-    logits = getattr(out, "logits", None)
-    if logits is None and isinstance(out, dict):
-        logits = out.get("logits")
-    if logits is None and isinstance(out, (tuple, list)) and out and isinstance(out[0], torch.Tensor):
-        logits = out[0]
-    if not isinstance(logits, torch.Tensor):
-        raise ModelError(f"the model returned a {type(out).__name__}, not a tensor of logits (nor an output "
-                         f"with `logits`, nor a tuple whose first item is the logits)")
-    return logits
 
 
 def logits_to_proba(logits: np.ndarray) -> np.ndarray:
@@ -105,7 +76,14 @@ class Context:
         self._embedding_roles: set[str] | None = None
         self._sub_logits: dict[str, np.ndarray] = {}
         self._derived: dict[tuple[str, str], np.ndarray] = {}
+        # rows of a dataset predicted so far by `logits_rows`: (done mask, logits)
+        self._partial: dict[str, tuple[np.ndarray, np.ndarray]] = {}
         self._memo: dict[tuple[Any, ...], Any] = {}
+        self.execution = spec.execution
+        self._engine: Any = None  # audit.engines.RayEngine once started
+        self._summaries: dict[str, Any] = {}  # name -> audit.engines.PassSummary
+        self._failed: dict[str, Exception] = {}  # name -> the pass that failed (PassFailed)
+        self._input_stats: dict[str, Any] = {}
 
     # ---- randomness ----------------------------------------------------------------
     def rng(self, purpose: str) -> np.random.Generator:
@@ -240,7 +218,7 @@ class Context:
                 torch.autocast(device_type=dev.type, enabled=False)
             out = predict_logits(module, x, dev, bs, autocast=cast, progress=progress)
         else:
-            parts = [np.asarray(module(np.asarray(x[s:s + bs])), dtype=np.float32) for s in range(0, n, bs)]
+            parts = [np.asarray(module(np.asarray(rows)), dtype=np.float32) for _, rows in _batches(x, bs)]
             out = np.concatenate(parts) if parts else np.zeros((0, 1), np.float32)
             out = out[:, None] if out.ndim == 1 else out
         self.forward_samples += n
@@ -297,27 +275,68 @@ class Context:
         dataset, (N, W, K) word-level logits: each word's first sub-token's (0 past the
         sentence and for words lost to truncation; see `predictions`)."""
         if name not in self._logits:
-            self._predict(name, capture=self._embedding_wanted(name))
+            ds = self.dataset(name)
+            capture = self._embedding_wanted(name)
+            if name in self._partial and not capture and not ds.lazy:
+                # rows an earlier `logits_rows` computed are not run again
+                done, _ = self._partial[name]
+                self.logits_rows(name, np.flatnonzero(~done))
+                self._logits[name] = self._partial.pop(name)[1]
+            else:
+                self._partial.pop(name, None)
+                self._predict(name, capture=capture)
         return self._logits[name]
+
+    def logits_rows(self, name: str, rows: np.ndarray) -> np.ndarray:
+        """Logits of some rows of a dataset (e.g. the members a check samples from 'train'):
+        sliced from the cache when the whole dataset was predicted, else only the rows no
+        earlier call ran are run (a streamed dataset reads only those rows), and kept for
+        later calls and for `logits(name)`. Token data: sliced from the one full pass (its
+        word-level logits need every sentence's sub-tokens)."""
+        rows = np.asarray(rows, dtype=np.int64)
+        ds = self.dataset(name)
+        if name in self._logits or ds.kind == "tokens":
+            return self.logits(name)[rows]
+        done, values = self._partial.get(name, (None, None))
+        need = np.unique(rows if done is None else rows[~done[rows]])
+        if len(need):
+            out = self._predict_rows(ds, need)
+            self._validate_output(ds, out)
+            if done is None:
+                done, values = np.zeros(len(ds), bool), np.zeros((len(ds), out.shape[1]), out.dtype)
+                self._partial[name] = (done, values)
+            values[need], done[need] = out, True
+        return values[rows]
+
+    def _predict_rows(self, ds: Dataset, rows: np.ndarray) -> np.ndarray:
+        """Counted logits of some rows of a dataset; a model that cannot take them is one
+        clear ModelError."""
+        x = ds.take(rows)
+        try:
+            return self.infer(x, what=f"Predicting '{ds.name}' ({len(x):,} samples)")
+        except ModelError:
+            raise
+        except (RuntimeError, ValueError, IndexError, TypeError) as exc:
+            raise self._cannot_take(ds, exc) from None
+        except Exception as exc:  # noqa: BLE001 - the model's own code raised: its error, in one line
+            raise self._raised(ds, exc) from None
 
     def _predict(self, name: str, *, capture: bool) -> None:
         """The cached pass over dataset `name`; with `capture`, the penultimate-layer
         activations are taken from the same pass (see `embeddings`)."""
         ds = self.dataset(name)
+        if ds.lazy:
+            self._stream(name, model=True, capture=capture)
+            return
         try:
             with _capture_head(self.model.module, ds.n_classes, enabled=capture) as grab:
                 out = self.infer(ds.x, what=f"Predicting '{name}' ({len(ds):,} samples)")
         except ModelError:
             raise
         except (RuntimeError, ValueError, IndexError, TypeError) as exc:
-            # a shape or dtype mismatch surfaces in the first batch: one clear message
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise ModelError(f"the model cannot take dataset '{name}' (input shape "
-                             f"{tuple(ds.x.shape[1:])}, dtype {ds.x.dtype}): {first}") from None
+            raise self._cannot_take(ds, exc) from None
         except Exception as exc:  # noqa: BLE001 - the model's own code raised: its error, in one line
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-            raise ModelError(f"the model raised {type(exc).__name__} on dataset '{name}'"
-                             + (f": {first}" if first else "")) from None
+            raise self._raised(ds, exc) from None
         self._validate_output(ds, out)
         if ds.kind == "tokens":  # word-level: each word's first sub-token (the HF convention)
             from audit.tokens import gather_words
@@ -327,6 +346,197 @@ class Context:
         self._logits[name] = out
         if capture:
             self._embeddings[name] = grab.result(len(ds))
+
+    @staticmethod
+    def _cannot_take(ds: Dataset, exc: BaseException | str) -> ModelError:
+        # a shape or dtype mismatch surfaces in the first batch: one clear message
+        first = exc if isinstance(exc, str) else (str(exc).strip().splitlines()[0] if str(exc).strip()
+                                                  else type(exc).__name__)
+        return ModelError(f"the model cannot take dataset '{ds.name}' (input shape "
+                          f"{tuple(ds.x.shape[1:])}, dtype {ds.x.dtype}): {first}")
+
+    @staticmethod
+    def _raised(ds: Dataset, exc: BaseException) -> ModelError:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        return ModelError(f"the model raised {type(exc).__name__} on dataset '{ds.name}'"
+                          + (f": {first}" if first else ""))
+
+    # ---- streamed datasets: the one pass and its summaries ---------------------------------
+    @property
+    def engine_name(self) -> str:
+        """The engine that runs the passes of streamed datasets: 'ray' or 'streaming'."""
+        return "ray" if self.execution.engine == "ray" else "streaming"
+
+    def start_engine(self) -> None:
+        """Connect to Ray now (engine: ray) so that a missing Ray or a bad address stops the
+        audit before any data is read (EngineError, exit 2)."""
+        if self.execution.engine == "ray" and self._engine is None:
+            from audit.engines import RayEngine
+
+            engine = RayEngine(self.execution)
+            engine.start()
+            self._engine = engine
+
+    def close(self) -> None:
+        """Shut down what the context started (a local Ray instance)."""
+        if self._engine is not None:
+            self._engine.close()
+            self._engine = None
+
+    def summary(self, name: str) -> Any:
+        """The per-sample summaries of streamed dataset `name` (audit.engines.PassSummary):
+        float32 logits (when a check needed the model), a 64-bit hash per row, the digest
+        of each block of inputs and their exact statistics. Runs the pass if none has."""
+        if name not in self._summaries:
+            self._stream(name, model=False, capture=False)
+        return self._summaries[name]
+
+    def _stream(self, name: str, *, model: bool, capture: bool) -> None:
+        from audit.engines import ForwardFailed, PassFailed, forward_failed, run_local
+
+        if name in self._failed:
+            raise self._failed[name]
+        ds = self.dataset(name)
+        x = ds.x
+        module = self.model.module if model else None
+        shards = f", {x.shards} shards" if x.shards > 1 else ""
+        what = (f"Predicting '{name}' ({len(ds):,} samples, streamed{shards})" if model
+                else f"Reading '{name}' ({len(ds):,} rows, streamed{shards})")
+        progress = None
+        if self.progress:
+            report = self.progress
+
+            def progress(done: int, total: int, detail: str) -> None:
+                # per shard on Ray ("shard 3/8 on 2 Ray workers"), per block on this machine
+                if detail:
+                    report(what, done, total, detail)  # type: ignore[call-arg]
+                else:
+                    report(what, done, total)
+        try:
+            if self.execution.engine == "ray":
+                self.start_engine()
+                summary = self._engine.run(x, batch_size=self.batch_size, module=module, n_classes=ds.n_classes,
+                                           capture=capture, progress=progress)
+            else:
+                forward = None
+                if module is not None:
+                    cast = self.autocast()
+
+                    def forward(buf: np.ndarray) -> dict[str, Any]:
+                        try:
+                            with _capture_head(module, ds.n_classes, enabled=capture) as grab:
+                                logits = predict_logits(module, buf, self.device, self.batch_size, autocast=cast)
+                        except Exception as exc:  # noqa: BLE001 - said once, below
+                            raise forward_failed(exc) from None
+                        return {"logits": logits, "emb": grab.result(len(buf)) if capture else None}
+                summary = run_local(x, batch_size=self.batch_size, forward=forward, progress=progress)
+        except ForwardFailed as exc:
+            raise self._cannot_take(ds, str(exc)) from None
+        except PassFailed as exc:
+            failed = PassFailed(f"the pass over dataset '{name}' failed: {exc}")
+            self._failed[name] = failed
+            raise failed from None
+        self.forward_samples += summary.forward_rows
+        self._check_inputs(ds, summary)
+        prior = self._summaries.get(name)
+        if prior is not None and summary.logits is None:
+            summary.logits, summary.embeddings = prior.logits, prior.embeddings
+        self._summaries[name] = summary
+        ds._sha256 = ds.content_sha256(summary.digests)
+        if ds.kind == "tabular" and ds.continuous is None:
+            ds.continuous = ~summary.stats.binary  # a 0/1 column is an indicator, as in memory
+        self._input_stats[name] = summary.stats
+        if summary.logits is not None:
+            out = summary.logits
+            self._validate_output(ds, out)
+            self._logits[name] = out[:, None] if out.ndim == 1 else out
+            if capture:
+                self._embeddings[name] = summary.embeddings
+
+    @staticmethod
+    def _check_inputs(ds: Dataset, summary: Any) -> None:
+        """NaN and infinite inputs, found by the pass: the loader's messages for in-memory data."""
+        st = summary.stats
+        if not (st.nan.any() or st.inf.any()):
+            return
+        where = f"dataset '{ds.name}' ({ds.source or ds.meta.get('path', '')})"
+        if ds.kind == "tabular" and ds.feature_names:
+            bad = []
+            for col, n_nan, n_inf in zip(ds.feature_names, st.nan, st.inf):
+                if n_nan:
+                    bad.append(f"{int(n_nan)} NaN values in column '{col}'")
+                if n_inf:
+                    bad.append(f"{int(n_inf)} infinite values in column '{col}'")
+            more = f" (and {len(bad) - 3} more)" if len(bad) > 3 else ""
+            raise DataError(", ".join(bad[:3]) + more, where=where)
+        parts = [f"{int(n)} {k} values" for n, k in ((st.nan.sum(), "NaN"), (st.inf.sum(), "infinite")) if n]
+        raise DataError(f"{' and '.join(parts)} in x", where=where)
+
+    def row_hashes(self, name: str) -> np.ndarray:
+        """(N,) uint64: a hash of each row's input bytes (audit.lazy.row_hashes), from the
+        dataset's pass when it streams."""
+        ds = self.dataset(name)
+        if ds.lazy:
+            return self.summary(name).row_hashes
+        from audit.lazy import row_hashes, row_words
+
+        return self.cached(("row_hashes", name), lambda: row_hashes(row_words(ds.x)))
+
+    def input_stats(self, name: str) -> Any:
+        """Exact per-element statistics of dataset `name`'s inputs (audit.lazy.BlockStats:
+        mean, std, min, max, NaN counts, indicator and whole-number columns), computed
+        over the same blocks whether the dataset streams or not."""
+        if name not in self._input_stats:
+            ds = self.dataset(name)
+            if ds.lazy:
+                self.summary(name)
+            else:
+                from audit.lazy import BlockStats, block_rows, merge_stats
+
+                x = ds.x
+                step = block_rows(int(np.prod(x.shape[1:])) if x.ndim > 1 else 1)
+                self._input_stats[name] = merge_stats([BlockStats.of(x[s:s + step]) for s in range(0, len(x), step)]
+                                                      or [BlockStats.of(x[:0])])
+        return self._input_stats[name]
+
+    def data_sha256(self, name: str) -> str:
+        """The content hash of dataset `name` (Dataset.sha256), from its pass when it streams."""
+        ds = self.dataset(name)
+        if ds.lazy and ds._sha256 is None:
+            self.summary(name)
+        return ds.sha256
+
+    def sample(self, name: str, n: int, purpose: str) -> tuple[np.ndarray, np.ndarray]:
+        """A seeded sample of at most `n` rows of dataset `name`: (sorted row indices, their
+        inputs). All rows when `n` covers the dataset. The rows depend only on the seed,
+        `purpose` and the dataset's size, so every engine reads the same ones."""
+        ds = self.dataset(name)
+        total = len(ds)
+        idx = np.arange(total) if n >= total else np.sort(self.rng(purpose).choice(total, n, replace=False))
+        return idx, ds.take(idx)
+
+    def execution_record(self) -> dict[str, Any]:
+        """The provenance of how the audit ran: engine, workers, and per streamed dataset
+        its shards, blocks and the engine's units of work."""
+        ex = self.execution
+        streamed = {name: s.describe() for name, s in self._summaries.items()}
+        out: dict[str, Any] = {"engine": ex.engine if ex.engine != "auto" else ("streaming" if streamed else "memory")}
+        if ex.engine == "auto":
+            out["engine_setting"] = "auto"
+        if ex.engine == "ray":
+            out["workers"] = ex.num_workers
+            out["num_gpus_per_worker"] = ex.num_gpus_per_worker
+            out["max_retries"] = ex.max_retries
+            if self._engine is not None:
+                out.update({k: v for k, v in self._engine.info.items()})
+                out["num_cpus_per_worker"] = self._engine.resources()["num_cpus"]
+        else:
+            out["workers"] = 1
+        if streamed:
+            out["datasets"] = streamed
+        if self._failed:
+            out["failed"] = {k: str(v) for k, v in self._failed.items()}
+        return out
 
     def embeddings(self, name: str) -> np.ndarray | None:
         """(N, D) float32 penultimate-layer activations of dataset `name`: the input of the
@@ -339,6 +549,8 @@ class Context:
         if name not in self._embeddings:
             if name not in self._logits:
                 self._predict(name, capture=True)
+            elif self.dataset(name).lazy:
+                self._stream(name, model=True, capture=True)
             else:
                 ds = self.dataset(name)
                 with _capture_head(self.model.module, ds.n_classes) as grab:
@@ -421,7 +633,11 @@ class Context:
         return self._memo[key]
 
     def probabilities(self, name: str) -> np.ndarray:
-        """(N, K) float64 class probabilities (softmax; sigmoid expanded to two columns)."""
+        """(N, K) float64 class probabilities (softmax; sigmoid expanded to two columns).
+        For a streamed dataset they are derived anew on each call (not kept: N x K
+        float64), row by row from the same float32 logits, so the numbers are the same."""
+        if self.dataset(name).lazy:
+            return _chunked(self.logits(name), logits_to_proba)
         return self._derive("proba", name, lambda: logits_to_proba(self.logits(name)))
 
     def predictions(self, name: str) -> np.ndarray:
@@ -433,15 +649,27 @@ class Context:
 
             return self._derive("pred", name, lambda: word_predictions(self.logits(name), ds.word_starts, ds.y,
                                                                        ds.classes))
+        if ds.lazy:  # kept compact: the smallest integer type that holds the classes
+            dtype = np.int8 if ds.n_classes <= 127 else np.int16 if ds.n_classes <= 32_767 else np.int32
+            return self._derive("pred", name, lambda: _chunked(
+                self.logits(name), lambda z: logits_to_proba(z).argmax(axis=1).astype(dtype)))
         return self._derive("pred", name, lambda: self.probabilities(name).argmax(axis=1))
 
     def losses(self, name: str) -> np.ndarray:
         """Per-sample cross-entropy of the true class (token classification: the mean over
         the sentence's words that have a prediction)."""
         def make() -> np.ndarray:
-            proba = self.probabilities(name)
             ds = self.dataset(name)
             y = ds.y
+            if ds.lazy:
+                def ce(z: np.ndarray, rows: slice) -> np.ndarray:
+                    p = logits_to_proba(z)
+                    return -np.log(np.clip(p[np.arange(len(p)), y[rows]], 1e-15, 1.0))
+                logits = self.logits(name)
+                step = _CHUNK_ROWS
+                return np.concatenate([ce(logits[s:s + step], slice(s, s + step)) for s in range(0, len(y), step)]) \
+                    if len(y) else np.zeros(0)
+            proba = self.probabilities(name)
             if ds.kind == "tokens":
                 ok = (y >= 0) & (ds.word_starts >= 0)
                 p = np.take_along_axis(proba, np.clip(y, 0, None)[:, :, None], axis=2)[:, :, 0]
@@ -496,6 +724,17 @@ class Context:
         return {"device": str(self.device), "seed": self.seed, "batch_size": self.batch_size}
 
 
+_CHUNK_ROWS = 1 << 18
+
+
+def _chunked(logits: np.ndarray, fn: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
+    """`fn` (a row-wise function of logits) over row chunks: the same numbers as on the
+    whole array, with temporaries bounded by the chunk."""
+    if len(logits) <= _CHUNK_ROWS:
+        return fn(logits)
+    return np.concatenate([fn(logits[s:s + _CHUNK_ROWS]) for s in range(0, len(logits), _CHUNK_ROWS)])
+
+
 class _Counting(torch.nn.Module):
     """Counts every forward into the context, and every backward through a hook on the output."""
 
@@ -512,53 +751,6 @@ class _Counting(torch.nn.Module):
             ctx = self._ctx
             out.register_hook(lambda g: ctx.count_backward(n))
         return out
-
-
-class _HeadCapture:
-    """Collects, per top-level forward call, the input of the last output layer that ran."""
-
-    def __init__(self) -> None:
-        self.last: torch.Tensor | None = None
-        self.parts: list[torch.Tensor] = []
-        self.available = False
-
-    def result(self, n: int) -> np.ndarray | None:
-        if not self.available or not self.parts:
-            return None
-        out = torch.cat(self.parts).float().cpu().numpy()
-        return out if out.shape[0] == n else None
-
-
-@contextlib.contextmanager
-def _capture_head(module: torch.nn.Module, n_classes: int, *, enabled: bool = True) -> Iterator[_HeadCapture]:
-    """Forward hooks that take the penultimate activations of `module`: the input of the
-    last `nn.Linear` with one output per class (or one, for a binary sigmoid head) that
-    runs in each forward call."""
-    grab = _HeadCapture()
-    widths = {n_classes} | ({1} if n_classes == 2 else set())
-    heads = [m for m in module.modules() if isinstance(m, torch.nn.Linear) and m.out_features in widths] \
-        if enabled and not isinstance(module, torch.jit.ScriptModule) else []
-    if not heads:
-        yield grab
-        return
-
-    def take(mod: torch.nn.Module, args: tuple, out: Any) -> None:
-        h = args[0].detach()
-        grab.last = h if h.ndim <= 2 else h.mean(dim=tuple(range(1, h.ndim - 1)))
-
-    def collect(mod: torch.nn.Module, args: tuple, out: Any) -> None:
-        if grab.last is not None:
-            grab.parts.append(grab.last.reshape(grab.last.shape[0], -1))
-        grab.last = None
-
-    handles = [m.register_forward_hook(take) for m in heads]
-    handles.append(module.register_forward_hook(collect))
-    grab.available = True
-    try:
-        yield grab
-    finally:
-        for h in handles:
-            h.remove()
 
 
 def _prepared(model: LoadedModel, device: torch.device) -> LoadedModel:

@@ -27,6 +27,14 @@ The data contract (also in the README):
   samples, and said); images of different sizes are an error unless `image_size:
   [H, W]` is given, and then every image is resized to it and the dataset records it.
 
+* Shards: `path` may name a folder of .parquet, .csv or .npz files (no sub-folders) or a
+  glob (`data/test-*.parquet`); the files, in sorted order, are read as one dataset.
+* Streaming (`execution.engine`, see audit.lazy): an image or tabular dataset read from
+  files is streamed when the engine is `streaming` or `ray`, or (engine `auto`) when its
+  inputs would take more than `execution.stream_above_mb` in memory: `x` is then a
+  LazyInputs, the labels and sensitive attributes are read in chunks into compact codes,
+  and nothing reads the inputs whole. The dataset a spec trains on is always in memory.
+
 The loader sees the spec and a `get_dataset` callable for the datasets this one depends
 on (a `from` source, the `train` classes), never the audit Context. `summarize_dataset`
 is the loader's twin for `audit validate`: the same rules and messages, reading headers,
@@ -141,6 +149,8 @@ def load_dataset(spec: AuditSpec, name: str, *, get_dataset: Callable[[str], Dat
     else:
         ds = _load_path(src, name, entry)
     if entry.transform:
+        if ds.lazy:
+            ds = _materialized_for_transform(src, name, entry, ds)
         try:
             ds = _transform(ds, entry, src.rng(f"domain:{name}"))
         except DataError as exc:
@@ -168,7 +178,10 @@ def summarize_dataset(spec: AuditSpec, name: str, *, get_summary: Callable[[str]
                               meta=ds.meta, notices=ds.notices)
     else:
         path, where = _check_path(src, name, entry)
-        if _is_text_file(path, entry):
+        shards = _shards(src, entry, where)
+        if shards is not None:
+            summary = _summarize_shards(src, name, entry, shards, where)
+        elif _is_text_file(path, entry):
             ds = _load_text_file(src, name, entry, path, where)  # labels and tags are read whole anyway
             summary = DataSummary(name=name, kind=ds.kind, n=len(ds), classes=ds.classes,
                                   sensitive=list(ds.sensitive), features=None, meta=ds.meta, notices=ds.notices,
@@ -200,6 +213,22 @@ def _entry(spec: AuditSpec, name: str) -> DataEntry:
     if entry is None:
         raise DataError(f"the spec defines no dataset '{name}'.{did_you_mean(name, spec.dataset_names())}")
     return entry
+
+
+def _materialized_for_transform(src: _Source, name: str, entry: DataEntry, ds: Dataset) -> Dataset:
+    """A transform runs on inputs in memory: a streamed source is read whole when it fits
+    `execution.stream_above_mb` (the rows are the same, so the domain is too)."""
+    limit = src.spec.execution.stream_above_mb * 2**20
+    if ds.x.nbytes > limit:
+        raise DataError(f"dataset '{entry.from_}' is streamed ({len(ds):,} rows, {ds.x.nbytes / 2**30:.1f} GiB of "
+                        f"inputs): transform '{entry.transform}' needs its inputs in memory, over "
+                        f"execution.stream_above_mb ({src.spec.execution.stream_above_mb:g} MB); give the domain "
+                        f"a file of its own, or a smaller source", where=f"dataset '{name}'")
+    x = ds.x.read(0, len(ds))
+    sensitive = {k: _as_strings(v) for k, v in ds.sensitive.items()}
+    meta = {**ds.meta}
+    meta.pop("streamed", None)
+    return dataclasses.replace(ds, x=x, sensitive=sensitive, meta=meta, _sha256=None)
 
 
 def _transform(ds: Dataset, entry: DataEntry, rng: np.random.Generator) -> Dataset:
@@ -385,14 +414,59 @@ class _Labels:
 
 
 # ---- files ----------------------------------------------------------------------------
+SHARD_SUFFIXES = (".parquet", ".csv", ".npz")
+
+
+def _is_glob(path: str) -> bool:
+    return any(c in path for c in "*?[")
+
+
+def _shards(src: _Source, entry: DataEntry, where: str) -> list[Path] | None:
+    """The files of a sharded dataset, sorted: a glob's matches, or the files of a folder
+    without sub-folders (a folder with sub-folders is an image folder). None for one file."""
+    raw = entry.path or ""
+    path = src.spec.resolve(raw)
+    if _is_glob(raw):
+        import glob as _glob
+
+        files = sorted(Path(p) for p in _glob.glob(str(path)) if Path(p).is_file())
+        if not files:
+            raise DataError(f"no file matches {path}", where=where)
+    elif path.is_dir() and not any(p.is_dir() and not p.name.startswith(".") for p in path.iterdir()):
+        files = sorted(p for p in path.iterdir() if p.is_file() and not p.name.startswith(".")
+                       and p.suffix.lower() in SHARD_SUFFIXES)
+        if not files:
+            if (path / "config.json").exists():
+                return None  # a model folder: the image-folder reader says what is wrong
+            raise DataError("no class sub-folders of images and no .parquet, .csv or .npz "
+                            "shards", where=where)
+    else:
+        return None
+    kinds = sorted({f.suffix.lower() for f in files})
+    if len(kinds) > 1 or kinds[0] not in SHARD_SUFFIXES:
+        raise DataError(f"shards must be files of one type (.parquet, .csv or .npz), found {', '.join(kinds)} "
+                        f"({', '.join(f.name for f in files[:4])})", where=where)
+    return files
+
+
 def _check_path(src: _Source, name: str, entry: DataEntry) -> tuple[Path, str]:
-    """The entry's file or folder, checked against the options that apply to it."""
+    """The entry's file or folder, checked against the options that apply to it (for a
+    sharded dataset: its first shard)."""
     path = src.spec.resolve(entry.path or "")
     where = f"dataset '{name}' ({entry.path})"
     if entry.split:
         raise DataError("`split` applies to fixtures only; point `path` at the split's file", where=where)
-    if not path.exists():
+    if not _is_glob(entry.path or "") and not path.exists():
         raise DataError(f"data file not found: {path}", where=where)
+    shards = _shards(src, entry, where)
+    if shards is not None:
+        if entry.text is not None or entry.kind in ("text", "tokens"):
+            raise DataError("text and token data are read from one file, not from shards", where=where)
+        if entry.image_size is not None:
+            raise DataError("`image_size` applies to image folders", where=where)
+        if entry.kind not in (None, "tabular", "image"):
+            raise DataError(f"shards hold tables or arrays, not `kind: {entry.kind}`", where=where)
+        path = shards[0]
     suffix = path.suffix.lower()
     if not path.is_dir() and suffix != ".npz" and suffix not in TABLE_SUFFIXES and suffix not in TEXT_SUFFIXES:
         raise DataError(f"unsupported data file type '{path.suffix}': use .npz, .csv, .parquet, .jsonl, CoNLL "
@@ -439,20 +513,49 @@ def _is_text_file(path: Path, entry: DataEntry) -> bool:
 
 def _load_path(src: _Source, name: str, entry: DataEntry) -> Dataset:
     path, where = _check_path(src, name, entry)
-    if _is_text_file(path, entry):
+    shards = _shards(src, entry, where)
+    if shards is not None:
+        files = shards
+        ds = _load_npz_files(src, name, entry, files, where) if files[0].suffix.lower() == ".npz" else \
+            _load_table_files(src, name, entry, files, where)
+    elif _is_text_file(path, entry):
         ds = _load_text_file(src, name, entry, path, where)
     elif path.is_dir():
         ds = _load_image_folder(src, name, entry, path, where)
     elif path.suffix.lower() == ".npz":
-        ds = _load_npz(src, name, entry, path, where)
+        ds = _load_npz_files(src, name, entry, [path], where) if _streams(src, name, _npz_bytes([path], where)) \
+            else _load_npz(src, name, entry, path, where)
+    elif _streams(src, name, _table_bytes([path], entry, where)):
+        ds = _load_table_files(src, name, entry, [path], where)
     else:
         ds = _load_table(src, name, entry, path, where)
     if len(ds) == 0:
         raise DataError("the dataset is empty", where=where)
-    if ds.kind not in ("text", "tokens"):
+    if ds.kind not in ("text", "tokens") and not ds.lazy:
         _check_finite(ds.x, "x", where)
-    ds.source = _describe_file(path) + (f" (label column '{ds.meta['label']}')" if "label" in ds.meta else "")
+    what = _describe_file(path) if shards is None else _describe_shards(src, entry, shards)
+    ds.source = what + (f" (label column '{ds.meta['label']}')" if "label" in ds.meta else "")
+    if ds.lazy:
+        ds.x.source = what
     return ds
+
+
+def _streams(src: _Source, name: str, nbytes: float) -> bool:
+    """Whether dataset `name`, whose inputs take `nbytes` in memory as float32, streams."""
+    ex = src.spec.execution
+    if ex.engine == "memory":
+        return False
+    train = src.spec.model.train
+    if train is not None and train.data == name:  # training reads its data whole
+        return False
+    if ex.engine in ("streaming", "ray"):
+        return True
+    return nbytes > ex.stream_above_mb * 2**20
+
+
+def _describe_shards(src: _Source, entry: DataEntry, files: list[Path]) -> str:
+    what = {".npz": "npz", ".csv": "CSV", ".parquet": "Parquet"}[files[0].suffix.lower()]
+    return f"{len(files)} {what} shards {src.spec.resolve(entry.path or '')}"
 
 
 def _describe_file(path: Path) -> str:
@@ -478,6 +581,54 @@ def _sensitive_strings(values: Any) -> np.ndarray:
 
     arr = np.asarray(values, dtype=object)
     return np.where(pd.isna(arr), "missing", arr).astype(str)
+
+
+def _as_strings(values: Any) -> np.ndarray:
+    """Sensitive values as a string array (a Categorical expanded)."""
+    import pandas as pd
+
+    if isinstance(values, pd.Categorical):
+        return np.asarray(values.categories).astype(str)[values.codes]
+    return np.asarray(values)
+
+
+class _Codes:
+    """Raw values to integer codes, chunk by chunk, without a Python object per row: the
+    distinct values in first-seen order, a code per row, and the rows without a value."""
+
+    def __init__(self) -> None:
+        self.index: dict[Any, int] = {}
+        self.values: list[Any] = []
+        self.parts: list[np.ndarray] = []
+        self.missing = 0
+
+    def add(self, values: Any) -> None:
+        import pandas as pd
+
+        codes, uniques = pd.factorize(np.asarray(values), use_na_sentinel=True)
+        mapping = np.empty(len(uniques) + 1, np.int32)
+        mapping[-1] = -1
+        for j, u in enumerate(np.asarray(uniques).tolist()):
+            if u not in self.index:
+                self.index[u] = len(self.values)
+                self.values.append(u)
+            mapping[j] = self.index[u]
+        self.missing += int((codes < 0).sum())
+        self.parts.append(mapping[codes])
+
+    def codes(self) -> np.ndarray:
+        return np.concatenate(self.parts) if self.parts else np.zeros(0, np.int32)
+
+    def categorical(self) -> Any:
+        """A pandas Categorical of the values as strings (`_sensitive_strings`'s: a missing
+        value is 'missing'), categories sorted."""
+        import pandas as pd
+
+        codes = self.codes()
+        raw = np.array(self.values + ([None] if self.missing else []), dtype=object)
+        strings = _sensitive_strings(raw)  # a missing value (code -1) is the last entry: 'missing'
+        cats, remap = np.unique(strings, return_inverse=True)
+        return pd.Categorical.from_codes(remap.reshape(-1)[codes], categories=list(cats))
 
 
 def _summary_line(kind: str, n: int, order: ClassOrder, sensitive: Sequence[str], inputs: str) -> str:
@@ -662,6 +813,80 @@ def _load_npz(src: _Source, name: str, entry: DataEntry, path: Path, where: str)
     return ds
 
 
+def _npz_bytes(files: list[Path], where: str) -> float:
+    total = 0.0
+    for f in files:
+        headers = _npz_headers(f, where)
+        if "x" in headers:
+            total += float(np.prod(headers["x"][0], dtype=np.float64)) * 4
+        else:
+            total += sum(float(np.prod(s, dtype=np.float64)) for k, (s, _) in headers.items() if len(s) == 1) * 4
+    return total
+
+
+def _load_npz_files(src: _Source, name: str, entry: DataEntry, files: list[Path], where: str) -> Dataset:
+    """npz shards (or one npz file) as one dataset: inputs memory-mapped (uncompressed
+    members) or decompressed as a stream, labels and sensitive arrays read per shard."""
+    from audit.lazy import LazyInputs, NpzPart, npy_member
+
+    layout: _NpzLayout | None = None
+    classes: list[str] | None = None
+    y_parts: list[np.ndarray] = []
+    codes: dict[str, _Codes] = {}
+    parts = []
+    for f in files:
+        w = where if len(files) == 1 else f"{where}, shard {f.name}"
+        lay = _npz_layout(entry, _npz_headers(f, w), w)
+        if layout is None:
+            layout = lay
+            codes = {k: _Codes() for k in lay.sensitive}
+        elif (lay.kind, lay.x_shape, lay.features, lay.sensitive) != (layout.kind, layout.x_shape, layout.features,
+                                                                        layout.sensitive):
+            raise DataError(f"shard {f.name} differs from {files[0].name}: x {lay.kind} {list(lay.x_shape)} "
+                            f"vs {layout.kind} {list(layout.x_shape)}, sensitive {lay.sensitive} vs "
+                            f"{layout.sensitive}", where=where)
+        if lay.kind == "text":
+            raise DataError("token ids (`kind: text`) are read from one npz file, not streamed", where=where)
+        with _open_npz(f, w) as arrays:
+            try:
+                shard_classes = [str(c) for c in arrays["classes"]] if "classes" in arrays else None
+                if classes is None:
+                    classes = shard_classes
+                elif shard_classes is not None and shard_classes != classes:
+                    raise DataError(f"shard {f.name} has another `classes` array than {files[0].name}", where=where)
+                y_parts.append(np.asarray(arrays[lay.label]))
+                for k in lay.sensitive:
+                    codes[k].add(arrays[k])
+            except (OSError, ValueError, zipfile.BadZipFile, zlib.error, EOFError) as exc:
+                raise DataError(f"cannot read the npz file: {type(exc).__name__}: {exc}", where=w) from None
+        members = [npy_member(f, "x")] if lay.features is None else [npy_member(f, k) for k in lay.features]
+        parts.append(NpzPart(members, lay.kind))
+    assert layout is not None
+    y_raw = np.concatenate(y_parts) if y_parts else np.zeros(0)
+    arrays = {layout.label: y_raw, **({"classes": np.asarray(classes)} if classes is not None else {})}
+    y, order = _npz_labels(src, name, layout, arrays, where, entry.path or files[0].name)
+    row_shape = parts[0].read(0, 1).shape[1:] if parts[0].n else tuple(layout.x_shape)
+    x: Any = LazyInputs(parts, row_shape, layout.kind)
+    sensitive: dict[str, Any] = {k: c.categorical() for k, c in codes.items()}
+    streamed = _streams(src, name, x.nbytes)
+    if not streamed:
+        x = x.read(0, len(x))
+        sensitive = {k: _as_strings(v) for k, v in sensitive.items()}
+    continuous = feature_names = feature_groups = None
+    if layout.kind == "tabular":
+        feature_names = layout.features or [f"x{i}" for i in range(row_shape[0])]
+        if layout.features:
+            feature_groups = {c: [j] for j, c in enumerate(layout.features)}
+        if not streamed:
+            continuous = ~np.all((x == 0) | (x == 1), axis=0)
+    ds = Dataset(name=name, x=x, y=y, kind=layout.kind, classes=order.classes, sensitive=sensitive,
+                 continuous=continuous, feature_names=feature_names, feature_groups=feature_groups,
+                 meta={"path": str(files[0] if len(files) == 1 else entry.path), "shards": len(files)},
+                 notices=_int_tabular_notice(name, layout))
+    _record_order(name, order, ds.meta, ds.notices)
+    return ds
+
+
 def _summarize_npz(src: _Source, name: str, entry: DataEntry, path: Path, where: str) -> DataSummary:
     layout = _npz_layout(entry, _npz_headers(path, where), where)
     with _open_npz(path, where) as f:  # labels, classes and sensitive arrays only; x stays on disk
@@ -678,18 +903,10 @@ def _summarize_npz(src: _Source, name: str, entry: DataEntry, path: Path, where:
 
 
 def _normalise_x(x: np.ndarray, kind: Kind) -> np.ndarray:
-    """Images to float32 (N, C, H, W) in [0, 1] (uint8 scaled), tables to float32, token ids to int64."""
-    if kind == "text":
-        return x.astype(np.int64)
-    if kind == "tabular":
-        return x.astype(np.float32)
-    if x.ndim == 3:
-        x = x[:, None]  # (N, H, W) grayscale
-    elif x.shape[-1] in (1, 3, 4) and x.shape[1] not in (1, 3, 4):
-        x = x.transpose(0, 3, 1, 2)  # NHWC -> NCHW
-    if x.dtype == np.uint8:
-        return np.ascontiguousarray(x, dtype=np.float32) / 255.0
-    return np.ascontiguousarray(x, dtype=np.float32)
+    """Images to float32 (N, C, H, W) in [0, 1], tables to float32, token ids to int64."""
+    from audit.lazy import normalise_x
+
+    return normalise_x(x, kind)
 
 
 # ---- csv / parquet --------------------------------------------------------------------
@@ -726,7 +943,8 @@ def _table_chunks(path: Path, columns: list[str], where: str) -> Iterator[Any]:
         if path.suffix.lower() == ".parquet":
             import pyarrow.parquet as pq
 
-            for batch in pq.ParquetFile(path).iter_batches(columns=columns, batch_size=_VALIDATE_CHUNK_ROWS):
+            pf = pq.ParquetFile(path, pre_buffer=False)  # bounded: see audit.lazy.ParquetPart
+            for batch in pf.iter_batches(columns=columns, batch_size=_VALIDATE_CHUNK_ROWS):
                 yield batch.to_pandas()
         else:
             yield from pd.read_csv(path, usecols=columns, chunksize=_VALIDATE_CHUNK_ROWS)
@@ -822,6 +1040,145 @@ def _load_table(src: _Source, name: str, entry: DataEntry, path: Path, where: st
     return ds
 
 
+def _table_bytes(files: list[Path], entry: DataEntry, where: str) -> float:
+    """Inputs of table files as float32: Parquet from its metadata, CSV from its size (a
+    CSV number takes about as many bytes as text as a float32 does)."""
+    total = 0.0
+    for f in files:
+        if f.suffix.lower() == ".parquet":
+            import pyarrow.parquet as pq
+
+            try:
+                meta = pq.read_metadata(f)
+            except Exception as exc:  # noqa: BLE001 - pyarrow raises many types for malformed files
+                raise DataError(f"cannot read the file: {_first_line(exc)}", where=where) from None
+            total += float(meta.num_rows) * max(meta.num_columns - 1 - len(entry.sensitive), 1) * 4
+        else:
+            total += float(f.stat().st_size)
+    return total
+
+
+def _check_feature_types(files: list[Path], features: list[str], where: str) -> None:
+    """Non-numeric feature columns, from the Parquet schema or the first rows of a CSV."""
+    non_numeric: list[str] = []
+    f = files[0]
+    if f.suffix.lower() == ".parquet":
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        schema = pq.read_schema(f)
+        for col in features:
+            t = schema.field(col).type
+            if not (pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_boolean(t)):
+                non_numeric.append(col)
+    else:
+        import pandas as pd
+
+        try:
+            head = pd.read_csv(f, usecols=features, nrows=10_000)
+        except Exception as exc:  # noqa: BLE001 - pandas raises many types for malformed files
+            raise DataError(f"cannot read the file: {_first_line(exc)}", where=where) from None
+        _feature_problems(head, features, {}, non_numeric)
+    _raise_feature_problems({}, non_numeric, features, where)
+
+
+def _load_table_files(src: _Source, name: str, entry: DataEntry, files: list[Path], where: str) -> Dataset:
+    """Parquet or CSV shards (or one file) as one dataset. The label and sensitive columns
+    are read in chunks into integer codes; the features are read by the pass (streamed),
+    or at the end (in memory), in chunks with the same reader either way."""
+    import pandas as pd
+
+    from audit.lazy import CsvPart, LazyInputs, ParquetPart
+
+    columns = _table_columns(files[0], where)
+    for f in files[1:]:
+        other = _table_columns(f, where)
+        if other != columns:
+            raise DataError(f"shard {f.name} has columns {', '.join(other[:12])} but {files[0].name} has "
+                            f"{', '.join(columns[:12])}: shards must share one layout", where=where)
+    label, features = _table_layout(entry, columns, where)
+    y_codes = _Codes()
+    s_codes = {c: _Codes() for c in entry.sensitive}
+    keep = [label, *entry.sensitive]
+    parts: list[Any] = []
+    for f in files:
+        try:
+            if f.suffix.lower() == ".parquet":
+                import pyarrow.parquet as pq
+
+                pf = pq.ParquetFile(f, pre_buffer=False)  # bounded: see audit.lazy.ParquetPart
+                groups = [pf.metadata.row_group(i).num_rows for i in range(pf.num_row_groups)]
+                parts.append(ParquetPart(str(f), features, groups))
+                chunks: Any = (b.to_pandas() for b in pf.iter_batches(columns=keep, batch_size=1 << 20))
+            else:
+                chunks = [pd.read_csv(f, usecols=keep)]  # typed as a whole, as the in-memory reader does
+            n_file = 0
+            for df in chunks:
+                y_codes.add(df[label].to_numpy())
+                for c in entry.sensitive:
+                    s_codes[c].add(df[c].to_numpy())
+                n_file += len(df)
+            if f.suffix.lower() != ".parquet":
+                parts.append(CsvPart(str(f), features, n_file))
+        except DataError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - pandas/pyarrow raise many types for malformed files
+            raise DataError(f"cannot read the file {f.name}: {_first_line(exc)}", where=where) from None
+    n = sum(p.n for p in parts)
+    import pyarrow as pa
+
+    # the label and sensitive chunks (strings, as pandas objects) leave pyarrow's pool
+    # holding memory it would otherwise keep for the rest of the audit (~11 B/row)
+    pa.default_memory_pool().release_unused()
+    if n == 0:
+        raise DataError("the dataset is empty: the file has a header but no rows", where=where)
+    _check_feature_types(files, features, where)
+    if y_codes.missing:
+        raise DataError(f"{y_codes.missing} rows have no label in column '{label}'", where=where)
+    inverse, order = _Labels(src, name, where, entry.path or files[0].name).by_name(np.asarray(y_codes.values))
+    y = np.asarray(inverse, dtype=np.int64)[y_codes.codes()]
+    x: Any = LazyInputs(parts, (len(features),), "tabular")
+    sensitive: dict[str, Any] = {c: s_codes[c].categorical() for c in entry.sensitive}
+    continuous = None
+    if not _streams(src, name, x.nbytes):
+        x = x.read(0, n)
+        counts: dict[str, list[int]] = {}
+        _feature_problems(pd.DataFrame(x, columns=features, copy=False), features, counts, [])
+        _raise_feature_problems(counts, [], features, where)
+        sensitive = {k: _as_strings(v) for k, v in sensitive.items()}
+        continuous = ~np.all((x == 0) | (x == 1), axis=0)
+    ds = Dataset(name=name, x=x, y=y, kind="tabular", classes=order.classes, sensitive=sensitive,
+                 feature_names=features, feature_groups={c: [j] for j, c in enumerate(features)},
+                 continuous=continuous,
+                 meta={"path": str(files[0] if len(files) == 1 else entry.path), "label": label,
+                       "shards": len(files)})
+    _record_order(name, order, ds.meta, ds.notices)
+    return ds
+
+
+def _summarize_shards(src: _Source, name: str, entry: DataEntry, files: list[Path], where: str) -> DataSummary:
+    """`audit validate` of sharded data: headers, labels and sensitive columns of every
+    shard (feature columns of tables streamed through for types, NaN and inf)."""
+    if files[0].suffix.lower() == ".npz":
+        ds = _load_npz_files(src, name, entry, files, where)
+        inputs = f"x of shape {list(ds.x.shape[1:])} per sample"
+    else:
+        ds = _load_table_files(src, name, entry, files, where)
+        features = ds.feature_names or []
+        counts: dict[str, list[int]] = {}
+        non_numeric: list[str] = []
+        for f in files:
+            for chunk in _table_chunks(f, features, where):
+                _feature_problems(chunk, features, counts, non_numeric)
+        _raise_feature_problems(counts, non_numeric, features, where)
+        inputs = f"{len(features)} feature columns ({', '.join(features[:8])}{', …' if len(features) > 8 else ''})"
+    order = ClassOrder(ds.classes, ds.meta["class_order"]["source"], ds.meta["class_order"]["declared"])
+    return DataSummary(name=name, kind=ds.kind, n=len(ds), classes=ds.classes, sensitive=list(ds.sensitive),
+                       features=ds.feature_names, meta=ds.meta, notices=ds.notices,
+                       description=f"{_describe_shards(src, entry, files)}: "
+                                   + _summary_line(ds.kind, len(ds), order, list(ds.sensitive), inputs))
+
+
 def _summarize_table(src: _Source, name: str, entry: DataEntry, path: Path, where: str) -> DataSummary:
     label, features = _table_layout(entry, _table_columns(path, where), where)
     # the feature columns stream through in chunks (types, NaN, inf); the labels are read whole
@@ -860,7 +1217,8 @@ class _ImageFolder:
 _GRAY_MODES = ("1", "L", "LA", "I", "I;16", "F")
 
 
-def _scan_image_folder(name: str, entry: DataEntry, path: Path, where: str) -> tuple[_ImageFolder, list[str]]:
+def _scan_image_folder(name: str, entry: DataEntry, path: Path, where: str,
+                       streams: Callable[[float], bool] | None = None) -> tuple[_ImageFolder, list[str]]:
     """Classes, files and image sizes, from the image headers (no pixels decoded), and
     the notices to give."""
     from PIL import Image, UnidentifiedImageError
@@ -919,7 +1277,7 @@ def _scan_image_folder(name: str, entry: DataEntry, path: Path, where: str) -> t
     channels = 1 if gray else 3
     need = len(files) * size[0] * size[1] * channels * 5  # uint8 while decoding, then float32
     budget = env_limit("AUDIT_MAX_IMAGE_BYTES", 8e9)
-    if need > budget:
+    if need > budget and not (streams and streams(len(files) * size[0] * size[1] * channels * 4.0)):
         raise DataError(f"{len(files):,} images of {size[0]}x{size[1]}x{channels} need about {need / 1e9:.1f} GB in "
                         f"memory, over the limit of {budget / 1e9:.1f} GB (AUDIT_MAX_IMAGE_BYTES): refused before "
                         "decoding; set `image_size:` smaller or raise the limit", where=where)
@@ -938,8 +1296,20 @@ def _image_meta(path: Path, folder: _ImageFolder) -> dict[str, Any]:
 def _load_image_folder(src: _Source, name: str, entry: DataEntry, path: Path, where: str) -> Dataset:
     from PIL import Image, UnidentifiedImageError
 
-    folder, notices = _scan_image_folder(name, entry, path, where)
+    folder, notices = _scan_image_folder(name, entry, path, where, lambda nbytes: _streams(src, name, nbytes))
     h, w = folder.size
+    channels = 1 if folder.mode == "L" else 3
+    if _streams(src, name, len(folder.files) * h * w * channels * 4.0):
+        from audit.lazy import ImagePart, LazyInputs
+
+        y, order = _Labels(src, name, where, entry.path or path.name).by_name(
+            np.array(folder.labels), also=folder.class_names, what="class folders")
+        x_lazy = LazyInputs([ImagePart([str(f) for f in folder.files], (h, w), folder.mode, where)], (channels, h, w),
+                            "image")
+        ds = Dataset(name=name, x=x_lazy, y=y, kind="image", classes=order.classes, meta=_image_meta(path, folder),
+                     notices=notices)
+        _record_order(name, order, ds.meta, ds.notices)
+        return ds
     x = np.empty((len(folder.files), h, w) + (() if folder.mode == "L" else (3,)), dtype=np.uint8)
     for i, f in enumerate(folder.files):
         try:
@@ -961,7 +1331,7 @@ def _load_image_folder(src: _Source, name: str, entry: DataEntry, path: Path, wh
 
 
 def _summarize_image_folder(src: _Source, name: str, entry: DataEntry, path: Path, where: str) -> DataSummary:
-    folder, notices = _scan_image_folder(name, entry, path, where)
+    folder, notices = _scan_image_folder(name, entry, path, where, lambda nbytes: _streams(src, name, nbytes))
     _, order = _Labels(src, name, where, entry.path or path.name).by_name(
         np.array(folder.labels), also=folder.class_names, what="class folders")
     meta = _image_meta(path, folder)

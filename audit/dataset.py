@@ -21,10 +21,16 @@ class Dataset:
     sentence's last word. `word_starts` (tokens only, (N, W)) is the position in `x` of
     each word's first sub-token, -1 past the last word and for words lost to truncation:
     a word's prediction is its first sub-token's (the Hugging Face convention). The raw
-    texts (`meta["texts"]`) or words (`meta["words"]`) travel with the ids."""
+    texts (`meta["texts"]`) or words (`meta["words"]`) travel with the ids.
+
+    Streamed datasets (images and tables too large to hold, see `audit.lazy`): `x` is a
+    `LazyInputs` (len, shape, dtype, x[a:b], x[idx], batches) read from disk on demand,
+    while `y` and `sensitive` stay in memory (sensitive attributes as pandas Categoricals:
+    small integer codes, not a string per row). Read inputs with `take(idx)` (a seeded
+    sample) or `rows(idx)`; `lazy` says which kind of dataset it is."""
 
     name: str
-    x: np.ndarray
+    x: Any  # np.ndarray, or audit.lazy.LazyInputs for a streamed dataset
     y: np.ndarray
     kind: Kind
     classes: list[str]
@@ -52,18 +58,57 @@ class Dataset:
         return len(self.classes)
 
     @property
+    def lazy(self) -> bool:
+        """True when the inputs are streamed from disk (`x` is an audit.lazy.LazyInputs)."""
+        from audit.lazy import LazyInputs
+
+        return isinstance(self.x, LazyInputs)
+
+    def take(self, idx: np.ndarray) -> np.ndarray:
+        """The inputs of rows `idx` (any order) as an array; a streamed dataset reads only those."""
+        idx = np.asarray(idx)
+        return self.x.take(idx) if self.lazy else self.x[idx]
+
+    def rows(self, idx: np.ndarray) -> Any:
+        """`take(idx)`, except that all the rows of a streamed dataset stay streamed (to run a
+        model over every row through `Context.run_model` in bounded memory)."""
+        idx = np.asarray(idx)
+        if self.lazy and len(idx) == len(self) and np.array_equal(idx, np.arange(len(self))):
+            return self.x
+        return self.take(idx)
+
+    @property
     def sha256(self) -> str:
+        """SHA-256 of the content: the inputs as the SHA-256 of each block's float32 bytes
+        (blocks of `audit.lazy.block_rows` rows, the same for every engine), then labels,
+        word starts and sensitive attributes (as strings). A streamed dataset gets it from
+        its pass (the Context sets it); reading it here otherwise streams the inputs once."""
         if self._sha256 is None:
-            h = hashlib.sha256()
-            h.update(np.ascontiguousarray(self.x).tobytes())
-            h.update(np.ascontiguousarray(self.y).tobytes())
-            if self.word_starts is not None:
-                h.update(np.ascontiguousarray(self.word_starts).tobytes())
-            for key in sorted(self.sensitive):
-                h.update(key.encode())
-                h.update(np.asarray(self.sensitive[key]).astype(str).tobytes())
-            self._sha256 = h.hexdigest()
+            from audit.lazy import block_digest, block_rows
+
+            x = self.x
+            n = len(x)
+            width = int(np.prod(x.shape[1:])) if len(x.shape) > 1 else 1
+            step = block_rows(width)
+            if self.lazy:
+                digests = [block_digest(xb) for _, xb in x.blocks(0, n, step)]
+            else:
+                digests = [block_digest(x[s:s + step]) for s in range(0, n, step)]
+            self._sha256 = self.content_sha256(digests)
         return self._sha256
+
+    def content_sha256(self, block_digests: list[bytes]) -> str:
+        """The dataset hash from the digests of its input blocks (see `sha256`)."""
+        h = hashlib.sha256()
+        for d in block_digests:
+            h.update(d)
+        h.update(np.ascontiguousarray(self.y).tobytes())
+        if self.word_starts is not None:
+            h.update(np.ascontiguousarray(self.word_starts).tobytes())
+        for key in sorted(self.sensitive):
+            h.update(key.encode())
+            _hash_strings(h, self.sensitive[key])
+        return h.hexdigest()
 
     @property
     def word_mask(self) -> np.ndarray:
@@ -74,6 +119,7 @@ class Dataset:
         labels = self.y[self.y >= 0] if self.kind == "tokens" else self.y
         out = {
             "name": self.name, "kind": self.kind, "n": len(self), "shape": list(self.x.shape[1:]),
+            **({"streamed": self.x.describe()} if self.lazy else {}),
             "classes": self.classes, "class_counts": np.bincount(labels, minlength=self.n_classes).tolist(),
             "sensitive": sorted(self.sensitive), "source": self.source, "sha256": self.sha256,
             "class_order": self.meta.get("class_order"), "notices": list(self.notices),
@@ -90,6 +136,23 @@ class Dataset:
             if self.meta.get(key) is not None:
                 out[key] = self.meta[key]
         return out
+
+
+def _hash_strings(h: Any, values: Any, chunk: int = 1 << 20) -> None:
+    """Feed `values` as a fixed-width unicode array (`np.asarray(values).astype(str)`) to
+    `h`, in chunks; a pandas Categorical hashes as the strings it stands for."""
+    import pandas as pd
+
+    if isinstance(values, pd.Categorical):
+        cats = np.asarray(values.categories).astype(str)
+        codes = values.codes
+        used = np.unique(codes)
+        width = max((len(c) for c in cats[used[used >= 0]]), default=1)
+        table = cats.astype(f"<U{max(width, 1)}")
+        for s in range(0, len(codes), chunk):
+            h.update(table[codes[s:s + chunk]].tobytes())
+        return
+    h.update(np.asarray(values).astype(str).tobytes())
 
 
 @dataclass

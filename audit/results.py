@@ -314,7 +314,7 @@ _PROVENANCE = _fields({}, {
     "data_sha256": _opt(_map_of(_opt(_str))), "seed": _opt(_int), "device": _opt(_str),
     "versions": _opt(_map_of(_opt(_type(lambda v: isinstance(v, (str, int, float)), "a version string")))),
     "platform": _opt(_str), "started_at": _opt(_str), "duration_s": _opt(_num),
-    "compute": _opt(_map_of(_opt(_num))), "timings": _opt(_map_of(_opt(_num)))})
+    "compute": _opt(_map_of(_opt(_num))), "timings": _opt(_map_of(_opt(_num))), "execution": _opt(_mapping)})
 
 _RESULTS = _fields(
     {"schema": _str, "verdict": _one_of(*VERDICTS), "checks": _list_of(_CHECK)},

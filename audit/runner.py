@@ -38,15 +38,24 @@ class Runner:
         self._t0 = time.perf_counter()
         self.ctx = context or Context(spec, device=device, progress=progress)
         self.results: dict[str, CheckResult] = {}
+        # datasets whose pass failed after the engine's retries: their checks error
+        self.failed: dict[str, str] = {}
 
     def prepare(self) -> None:
         """Load the model and every dataset a check uses; fail fast on bad input."""
+        from audit.engines import PassFailed
+
         ctx = self.ctx
+        ctx.start_engine()  # engine: ray: Ray missing or a bad address is exit 2 before any work
         _ = ctx.model
         roles = {e.data for e in self.spec.checks} or set(self.spec.data)
         ctx.check_task(sorted(roles))
         for role in sorted(roles):
-            ctx.preflight(role)
+            try:
+                ctx.preflight(role)
+            except PassFailed as exc:
+                self.failed[role] = str(exc)
+                continue
             ds = ctx.dataset(role)
             if ds.kind == "tokens":  # labels shifted against the sub-tokens
                 check_token_alignment(ds, ctx.sub_token_logits(role))
@@ -54,10 +63,12 @@ class Runner:
                 check_label_order(ds, ctx.logits(role))  # an order guessed from the data
         for entry in self.spec.checks:
             cls = registry.get(entry.check)
-            if self.missing(cls, entry.typed_params):
-                continue  # skipped when it runs, with the reason
+            if entry.data in self.failed or self.missing(cls, entry.typed_params):
+                continue  # skipped when it runs, with the reason; or an error: its data failed
             try:
                 cls.preflight(ctx, entry.typed_params)
+            except PassFailed:
+                continue  # another dataset's pass failed: the check errors when it runs
             except AuditInputError as exc:
                 raise type(exc)(str(exc), where=f"{self.spec.source}: check '{entry.id}'") from None
 
@@ -84,8 +95,12 @@ class Runner:
         tb: str | None = None
         reason = ""
         status: str
+        from audit.engines import PassFailed
+
         try:
             params = entry.typed_params
+            if params.data in self.failed:
+                raise PassFailed(self.failed[params.data])
             skip = self.missing(cls, params)
             if skip:
                 raise SkipCheck(skip)
@@ -93,6 +108,8 @@ class Runner:
             status = "info"
         except SkipCheck as exc:
             status, reason = "skipped", str(exc)
+        except PassFailed as exc:
+            status, reason = "error", str(exc)
         except AuditInputError as exc:
             status, reason = "error", str(exc)
         except Exception as exc:  # noqa: BLE001 - one broken check must not stop the audit
@@ -136,8 +153,9 @@ class Runner:
         provenance = {
             "spec_sha256": self.spec.sha256, "spec_source": self.spec.source,
             "model_sha256": model.sha256 if model else None,
-            "data_sha256": {name: ds.sha256 for name, ds in ctx.loaded_datasets.items()},
+            "data_sha256": _data_hashes(ctx),
             "seed": self.spec.seed, "device": str(ctx.device),
+            "execution": ctx.execution_record(),
             **({"task": ctx.describe_task()["task"], "task_source": ctx.describe_task()["source"]}
                if model else {}),
             "versions": {"python": platform.python_version(), "torch": torch.__version__,
@@ -159,6 +177,19 @@ class Runner:
         return attach_standards(results, self.spec.profiles)
 
 
+def _data_hashes(ctx: Context) -> dict[str, str | None]:
+    """Content hashes of the loaded datasets; None for a streamed dataset whose pass failed."""
+    from audit.engines import PassFailed
+
+    out: dict[str, str | None] = {}
+    for name in ctx.loaded_datasets:
+        try:
+            out[name] = ctx.data_sha256(name)
+        except PassFailed:
+            out[name] = None
+    return out
+
+
 def _lib_versions() -> dict[str, str]:
     from importlib.metadata import PackageNotFoundError, version
 
@@ -175,9 +206,12 @@ def run_audit(spec: AuditSpec, *, device: str | None = None,
               progress: Callable[[str, int, int], None] | None = None,
               on_check: Callable[[CheckResult], None] | None = None) -> Results:
     runner = Runner(spec, device=device, progress=progress)
-    runner.prepare()
-    for entry in spec.checks:
-        result = runner.run_check(entry)
-        if on_check:
-            on_check(result)
-    return runner.finish()
+    try:
+        runner.prepare()
+        for entry in spec.checks:
+            result = runner.run_check(entry)
+            if on_check:
+                on_check(result)
+        return runner.finish()
+    finally:
+        runner.ctx.close()

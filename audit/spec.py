@@ -170,6 +170,43 @@ class CheckEntry(_Strict):
         return own
 
 
+ENGINES = ("auto", "memory", "streaming", "ray")
+RAY_ADDRESS = r"^(auto|local|ray://[A-Za-z0-9_.\-\[\]:]+:\d+|[A-Za-z0-9_.\-\[\]:]+:\d+)$"
+
+
+class ExecutionSpec(_Strict):
+    """How the audit reads its data and runs its model passes (see the README's Scale).
+
+    memory: every dataset in memory (nothing streams). streaming: file datasets stream
+    from disk (parquet/CSV in row groups or chunks, images decoded in batches, npz
+    memory-mapped), one pass per dataset on this machine. ray: the same, with each pass
+    sharded over a Ray cluster. auto (default): a file dataset streams when its inputs
+    would take more than `stream_above_mb` in memory."""
+
+    engine: Literal["auto", "memory", "streaming", "ray"] = "auto"
+    # ray: `local` starts a Ray instance on this machine; `auto` joins the running cluster
+    # (RAY_ADDRESS or the one `ray start` made here); `ray://HOST:PORT` (Ray Client) or
+    # `HOST:PORT` (the head's GCS) a remote one
+    address: str = "local"
+    num_workers: int = Field(2, ge=1, le=4096)
+    num_gpus_per_worker: float = Field(0.0, ge=0.0, le=64.0)
+    # default: 1, or the cluster's CPUs shared among the workers when it has fewer
+    num_cpus_per_worker: float | None = Field(None, gt=0.0, le=1024.0)
+    # a worker process that dies (out of memory, a crash, a lost node) is restarted and its
+    # shard retried by Ray up to this many times; then the dataset's pass fails
+    max_retries: int = Field(3, ge=0, le=100)
+    stream_above_mb: float = Field(1024.0, gt=0.0)
+
+    @field_validator("address")
+    @classmethod
+    def _address(cls, v: str) -> str:
+        import re
+
+        if not re.fullmatch(RAY_ADDRESS, v.strip()):
+            raise ValueError(f"address {v!r} is not one of: auto, local, ray://HOST:PORT, HOST:PORT")
+        return v.strip()
+
+
 TASKS = ("classification", "token-classification")
 
 
@@ -186,6 +223,7 @@ class AuditSpec(_Strict):
     device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?|mps)$")
     # `holm`: the chance that any pass in the audit is wrong is at most 1 - confidence
     familywise: Literal["none", "holm"] = "none"
+    execution: ExecutionSpec = Field(default_factory=ExecutionSpec)
     model: ModelSpec
     data: dict[str, DataEntry]
     domains: dict[str, DataEntry] = Field(default_factory=dict)
@@ -278,7 +316,8 @@ def _select_standards(spec: AuditSpec, check_registry: bool) -> None:
                                      check_registry=check_registry)
 
 
-_TOP_KEYS = ("name", "standard", "standards", "task", "seed", "device", "familywise", "model", "data", "domains", "checks")
+_TOP_KEYS = ("name", "standard", "standards", "task", "seed", "device", "familywise", "execution", "model", "data",
+             "domains", "checks")
 
 
 def _reject_unknown_top(body: dict, source: str) -> None:

@@ -35,6 +35,14 @@ def floor_loop(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, steps: 
             d = d.detach() + 0.0 * g  # keep the gradient live (no dead-code shortcut)
 
 
+def replay_loop(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, sizes: list[int]) -> None:
+    """The bare loop of PGD with early stopping: one forward+backward pass per recorded
+    batch size (the batch shrinks as samples are fooled), nothing else."""
+    for m in sizes:
+        d = torch.zeros_like(x[:m], requires_grad=True)
+        (g,) = torch.autograd.grad(F.cross_entropy(model(x[:m] + d), y[:m], reduction="sum"), d)
+
+
 def timed(fn: Callable[[], object], sync: Callable[[], None]) -> float:
     sync()
     t0 = time.perf_counter()
@@ -48,9 +56,11 @@ def bench(name: str, model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, a
     for p in model.parameters():
         p.requires_grad_(False)
     passes = {"fwd": 0, "bwd": 0}
+    sizes: list[int] = []
 
     def forward(t: torch.Tensor) -> torch.Tensor:
         passes["fwd"] += t.shape[0]
+        sizes.append(int(t.shape[0]))
         return model(t)
 
     def count(n: int) -> None:
@@ -60,30 +70,44 @@ def bench(name: str, model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, a
     gen = torch.Generator(device=x.device).manual_seed(0)
     eps = 8 / 255 if args.norm == "linf" else 0.5
 
-    def attack() -> None:
+    def attack(early_stop: bool) -> None:
+        gen.manual_seed(0)
         attacks.pgd(forward, x, y, eps=eps, norm=args.norm, steps=args.steps, restarts=1, generator=gen,
-                    count_backward=count, batch_size=args.batch)
+                    count_backward=count, batch_size=args.batch, early_stop=early_stop)
 
     def floor() -> None:
         floor_loop(model, x, y, args.steps, args.batch)
 
-    attack(), floor()  # warm-up (allocator, kernels)
+    sizes.clear()
+    attack(True)
+    early_sizes = list(sizes)  # the batches PGD with early stopping runs (the same every run: seeded)
+
+    def floor_early() -> None:
+        replay_loop(model, x, y, early_sizes)
+
+    attack(False), floor()  # warm-up (allocator, kernels)
     passes.update(fwd=0, bwd=0)
-    t_att, t_floor = [], []
-    for _ in range(args.repeats):  # interleaved pairs: a busy machine slows both alike
-        t_att.append(timed(attack, sync))
+    t_att, t_floor, t_early, t_floor_early = [], [], [], []
+    for _ in range(args.repeats):  # interleaved: a busy machine slows all alike
+        t_att.append(timed(lambda: attack(False), sync))
         t_floor.append(timed(floor, sync))
-    per_run = {k: v // args.repeats for k, v in passes.items()}
-    assert per_run["fwd"] == per_run["bwd"] == args.steps * x.shape[0], per_run
+        t_early.append(timed(lambda: attack(True), sync))
+        t_floor_early.append(timed(floor_early, sync))
     n = x.shape[0]
-    a, f = min(t_att), min(t_floor)
+    per_run = passes["fwd"] // args.repeats
+    assert per_run == args.steps * n + sum(early_sizes), per_run
+
+    def med(v: list[float]) -> float:
+        return sorted(v)[len(v) // 2]
+
     ratios = sorted(ta / tf for ta, tf in zip(t_att, t_floor))
-    med = ratios[len(ratios) // 2]
+    early = sorted(ta / tf for ta, tf in zip(t_early, t_floor_early))
     print(f"{name:<24} n={n} steps={args.steps} batch={args.batch} {args.norm}: "
-          f"PGD {1e3 * a / n:7.3f} ms/sample, floor {1e3 * f / n:7.3f} ms/sample (best of {args.repeats}); "
-          f"ratio: best/best {a / f:.3f}, median of paired runs {med:.3f} "
-          f"[{ratios[0]:.3f} .. {ratios[-1]:.3f}]")
-    return med
+          f"PGD {1e3 * med(t_att) / n:7.3f} ms/sample, floor {1e3 * med(t_floor) / n:7.3f} ms/sample "
+          f"(medians of {args.repeats}); PGD / floor: median of paired runs {med(ratios):.3f} "
+          f"[{ratios[0]:.3f} .. {ratios[-1]:.3f}]; early stop: {sum(early_sizes) / (args.steps * n):.0%} of the "
+          f"passes, / its own floor {med(early):.3f}, / the full floor {med(t_early) / med(t_floor):.3f}")
+    return med(ratios)
 
 
 def main() -> None:

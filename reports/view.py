@@ -505,6 +505,39 @@ def _spec_text(spec: Any) -> str:
         return json.dumps(spec, indent=2, ensure_ascii=False, default=str)
 
 
+def _execution_rows(ex: Any) -> list[tuple[str, str]]:
+    """How the audit ran: the engine, its workers, and each streamed dataset's pass."""
+    if not isinstance(ex, Mapping) or not ex.get("engine"):
+        return []
+    engine = str(ex["engine"])
+    bits = []
+    if engine == "ray":
+        bits.append(_plural(int(ex.get("workers") or 0), "worker"))
+        if ex.get("address"):
+            bits.append(f"address {ex['address']}")
+        if ex.get("ray_version"):
+            bits.append(f"Ray {ex['ray_version']}")
+        if ex.get("num_gpus_per_worker"):
+            bits.append(f"{format_value(ex['num_gpus_per_worker'])} GPU per worker")
+    if ex.get("engine_setting") == "auto":
+        bits.append("chosen by size (engine: auto)")
+    rows = [("Engine", engine + (f" ({', '.join(bits)})" if bits else ""))]
+    for name, d in (ex.get("datasets") or {}).items():
+        if not isinstance(d, Mapping):
+            continue
+        parts = [f"{int(d.get('rows') or 0):,} rows", _plural(int(d.get("shards") or 1), "input file")]
+        if d.get("engine") == "ray":
+            parts.append(f"{_plural(int(d.get('tasks') or 0), 'Ray shard')} on {_plural(int(d.get('workers') or 0), 'worker')}")
+        parts.append(_plural(int(d.get("blocks") or 0), "block") + f" of {int(d.get('block_rows') or 0):,} rows")
+        parts.append("model pass" if d.get("model_pass") else "read only")
+        if is_number(d.get("seconds")):
+            parts.append(format_seconds(d["seconds"]))
+        rows.append((f"Pass over “{name}”", f"streamed ({d.get('engine')}): " + ", ".join(parts)))
+    for name, why in (ex.get("failed") or {}).items():
+        rows.append((f"Pass over “{name}”", f"failed: {why}"))
+    return rows
+
+
 def _provenance_view(results: Mapping[str, Any], checks: list[dict[str, Any]]) -> dict[str, Any]:
     prov = results.get("provenance") or {}
     model = results.get("model") or {}
@@ -525,7 +558,8 @@ def _provenance_view(results: Mapping[str, Any], checks: list[dict[str, Any]]) -
         ("Seed", _join(prov.get("seed"))),
         ("Device", _join(prov.get("device"))),
     ] + ([("Task", f"{prov.get('task')} ({prov.get('task_source')})" if prov.get("task_source")
-           else str(prov.get("task")))] if prov.get("task") else []) + [(k.replace("_", " ").capitalize(), format_value(v)) for k, v in compute.items()]
+           else str(prov.get("task")))] if prov.get("task") else []) + _execution_rows(prov.get("execution")) + [
+        (k.replace("_", " ").capitalize(), format_value(v)) for k, v in compute.items()]
     timings: list[tuple[str, Any]] = []
     _flatten("", prov.get("timings") or {}, timings)
     return {

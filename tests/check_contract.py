@@ -12,7 +12,11 @@ For a check class it asserts that:
 - its evidence follows the documented schema (audit/check.py) and every chart renders
   with the report's renderer to an SVG the sanitizer accepts;
 - every forward and backward pass it made on any torch module is counted by the Context;
-- on a dataset kind it does not declare, it is `skipped` with a reason.
+- on a dataset kind it does not declare, it is `skipped` with a reason;
+- on image and tabular data whose inputs stream (each dataset's `x` a LazyInputs in two
+  shards, sensitive attributes as Categoricals, as the streaming loaders give them), it
+  gives the same metrics as in memory, and counts every pass: a check reads streamed
+  inputs only through a sample or the Context's summaries, never whole.
 """
 
 from __future__ import annotations
@@ -55,6 +59,7 @@ FAST: dict[str, dict[str, Any]] = {
 }
 
 N, CLASSES = 48, ["a", "b", "c"]
+STREAMED_KINDS = ("image", "tabular")  # the kinds whose inputs can stream (audit.lazy)
 TAGS = ["O", "B-A", "I-A", "B-B", "I-B"]
 # word tokenizer of the tiny text and token data: token id i is the word "w{i}"
 VOCAB = ["<pad>", "<unk>", *[f"w{i}" for i in range(2, 100)]]
@@ -151,9 +156,25 @@ def _model(kind: str) -> LoadedModel:
                        task="token-classification" if kind == "tokens" else None)
 
 
-def _context(kind: str) -> Context:
+def _streamed(ds: Dataset) -> Dataset:
+    """`ds` as the streaming loaders give it: inputs behind audit.lazy (two shards),
+    sensitive attributes as pandas Categoricals."""
+    import dataclasses
+
+    import pandas as pd
+
+    from audit.lazy import ArrayInputs
+
+    return dataclasses.replace(ds, x=ArrayInputs(ds.x, ds.kind, shards=2),
+                               sensitive={k: pd.Categorical(v) for k, v in ds.sensitive.items()}, _sha256=None)
+
+
+def _context(kind: str, streamed: bool = False) -> Context:
     datasets = {"train": _dataset(kind, "train", 1), "test": _dataset(kind, "test", 2)}
     domains = {"shifted": _dataset(kind, "shifted", 3)}
+    if streamed:
+        datasets = {k: _streamed(v) for k, v in datasets.items()}
+        domains = {k: _streamed(v) for k, v in domains.items()}
     return Context.from_objects(datasets, _model(kind), domains=domains, device="cpu")
 
 
@@ -260,9 +281,9 @@ def _assert_evidence(evidence: Any) -> None:
             raise AssertionError(f"unknown evidence type {kind!r} in {ev.get('title')!r}")
 
 
-def _run(cls: type[Check], kind: str) -> tuple[Any, dict[str, int], dict[str, int]]:
+def _run(cls: type[Check], kind: str, streamed: bool = False) -> tuple[Any, dict[str, int], dict[str, int]]:
     spec = _spec(cls)
-    runner = Runner(spec, context=_context(kind))
+    runner = Runner(spec, context=_context(kind, streamed))
     ctx = runner.ctx
     ctx.logits("test")  # the shared pass every audit makes before its checks
     before = ctx.compute()
@@ -318,3 +339,10 @@ def assert_check_contract(cls: type[Check]) -> None:
         for f in first.flags:
             assert set(f) == {"flag", "detail"} and f["flag"] and f["detail"]
         assert counted == seen, f"{cls.name} on {kind}: counted {counted}, ran {seen}"
+        if kind in STREAMED_KINDS:
+            lazy, counted, seen = _run(cls, kind, streamed=True)
+            assert lazy.status == first.status, \
+                f"{cls.name} on streamed {kind}: {lazy.status} ({lazy.message})\n{lazy.traceback}"
+            assert {m: first.metrics[m] for m in exact} == {m: lazy.metrics.get(m) for m in exact}, \
+                f"{cls.name} on {kind}: streamed inputs give other metrics than in memory"
+            assert counted == seen, f"{cls.name} on streamed {kind}: counted {counted}, ran {seen}"

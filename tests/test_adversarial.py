@@ -73,13 +73,24 @@ def test_pgd_digits_falls_below_0_3_and_eps0_is_clean(sweep, digits) -> None:
 
 
 def test_passes_are_counted(sweep, digits) -> None:
-    ctx, _ = sweep
+    """No pass runs twice: PGD stops attacking a sample once it is fooled, one FGSM gradient
+    (at the clean input) serves every eps, and the points PGD's loop already classified
+    are not predicted again."""
+    ctx, m = sweep
     model, ds = digits
     n_att = int((_clean_predictions(model, ds.x) == ds.y).sum())
-    # Per eps > 0: PGD 20 fwd+bwd and FGSM 1 fwd+bwd per attacked sample.
-    assert ctx.backward_samples == 3 * n_att * (20 + 1)
-    # + one evaluation each for PGD, FGSM and 10 noise draws, + the clean pass.
-    assert ctx.forward_samples == ctx.backward_samples + 3 * n_att * (1 + 1 + 10) + N
+    runs = next(e for e in m.evidence if e.get("title") == "Attack runs")["rows"]
+    pgd = {r[0]: (r[4], r[5]) for r in runs if r[1] == "PGD"}
+    assert sorted(pgd) == [0.05, 0.1, 0.3] and all(f == b <= 20 * n_att for f, b in pgd.values())
+    assert pgd[0.3][1] < 5 * n_att  # at eps 0.3 nearly every sample is fooled within a few steps
+    assert ctx.backward_samples == sum(b for _, b in pgd.values()) + n_att
+    # predictions: FGSM's points and 10 noise draws per eps, PGD's unfooled final iterates, the clean pass
+    pgd_final = ctx.forward_samples - ctx.backward_samples - 3 * n_att * (1 + 10) - N
+    assert 0 <= pgd_final <= 3 * n_att
+    cost = {r[0]: r[1] for r in next(e for e in m.evidence if e.get("title") == "Passes and cost")["rows"]}
+    # this context had made no pass before the check: the clean pass is the check's too
+    assert cost == {"forward + backward": ctx.backward_samples, "forward only": ctx.forward_samples
+                    - ctx.backward_samples}
 
 
 def _reference_pgd(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, steps: int,

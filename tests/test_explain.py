@@ -443,6 +443,8 @@ def test_every_pass_is_counted_in_the_cost_table(digits_ctx: Context) -> None:
     cost = {r[0]: r[3:] for r in tables(m)["Attribution cost"]["rows"]}
     assert cost["total"] == [passes["forward_samples"], passes["backward_samples"]]
     assert cost["attribution: integrated_gradients"] == [8 * 8, 8 * 8]
-    assert cost["deletion curves"] == [8 * 16 * 3, 0]                 # 16 steps x (attribution + 2 random orders)
+    # 16 steps x (attribution + 2 random orders), less the last step: every unit removed is the baseline
+    assert cost["deletion curves"] == [8 * 15 * 3, 0]
+    assert cost["baseline outputs"] == [1, 0]                         # one zero baseline for every sample
     assert cost["randomization cascade"] == [8 * 8, 8 * 8]            # the randomised copy, via ctx.counting
-    assert cost["completeness check"] == [2 * 8, 0]                  # f(x) and f(baseline), via ctx.run_model
+    assert cost["completeness check"] == [0, 0]                      # cached f(x) and the baseline's f(b)

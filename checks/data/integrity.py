@@ -2,7 +2,9 @@
 
 Rows (a table row, an image, a token sequence) are compared by their bytes: each row is
 hashed (pandas' vectorised 64-bit hash over the row's 8-byte words), equal hashes are
-then confirmed byte for byte, so a reported duplicate is an exact copy. Only the
+then confirmed byte for byte, so a reported duplicate is an exact copy. A streamed
+dataset's hashes (and its missing-value counts) come from its one pass; only the rows
+whose hashes match are read back to be compared. Only the
 features are compared; labels of copies are reported beside (conflicting labels).
 
 Without a train set (or when the audited dataset is the train set itself) the two
@@ -12,6 +14,7 @@ note; the others are still measured.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,6 +27,7 @@ from audit import stats
 from audit.check import Check, Flag, Measurement, Metric, Params, chart, higher, lower, table, text
 from audit.context import Context
 from audit.dataset import Dataset
+from audit.lazy import row_hashes, row_words
 from audit.registry import register_check
 
 
@@ -33,65 +37,85 @@ class IntegrityParams(Params):
     max_examples: int = Field(10, ge=0, le=1000, description="overlapping rows listed in the evidence")
 
 
-def row_words(x: np.ndarray) -> np.ndarray:
-    """(N, W) uint64 view of each row's bytes (zero-padded to a multiple of 8 bytes)."""
-    n = x.shape[0]
-    raw = np.ascontiguousarray(x).reshape(n, -1).view(np.uint8)
-    pad = (-raw.shape[1]) % 8
-    if pad:
-        raw = np.concatenate([raw, np.zeros((n, pad), np.uint8)], axis=1)
-    return np.ascontiguousarray(raw).view(np.uint64)
-
-
-def row_hashes(words: np.ndarray) -> np.ndarray:
-    """One 64-bit hash per row: pandas hashes each column and combines them row-wise."""
-    if words.shape[1] == 0:
-        return np.zeros(words.shape[0], np.uint64)
-    return pd.util.hash_pandas_object(pd.DataFrame(words, copy=False), index=False).to_numpy()
+_CONFIRM_ROWS = 65_536  # rows compared byte for byte at a time
 
 
 @dataclass
 class RowIndex:
-    """Hashes of one dataset's rows, with the first row of each distinct hash."""
+    """Hashes of one dataset's rows, with the first row of each distinct hash, and a way
+    to read the bytes of given rows (to confirm that equal hashes are equal rows)."""
 
-    words: np.ndarray
     hashes: np.ndarray
     unique: np.ndarray  # sorted distinct hashes
-    first: np.ndarray  # index of the first row having each distinct hash
-    inverse: np.ndarray
+    first: np.ndarray  # index of the first row having each distinct hash (in `unique` order)
+    rep: np.ndarray  # per row: the first row with its hash
+    fetch: Callable[[np.ndarray], np.ndarray]  # row words (uint64) of the given rows
+    width: int  # words per row
 
     @classmethod
     def of(cls, x: np.ndarray) -> RowIndex:
         words = row_words(x)
-        h = row_hashes(words)
-        unique, first, inverse = np.unique(h, return_index=True, return_inverse=True)
-        return cls(words, h, unique, first, inverse.ravel())
+        return cls.from_hashes(row_hashes(words), lambda i: words[i], words.shape[1])
+
+    @classmethod
+    def of_dataset(cls, ctx: Context, name: str) -> RowIndex:
+        """In-memory rows are hashed here; a streamed dataset's hashes come from its pass
+        and only the rows to confirm are read back."""
+        ds = ctx.dataset(name)
+        if not ds.lazy:
+            return cls.of(ds.x)
+        width = -(-int(np.prod(ds.x.shape[1:])) * ds.x.dtype.itemsize // 8)
+        return cls.from_hashes(ctx.row_hashes(name), lambda i: row_words(ds.take(i)), width)
+
+    @classmethod
+    def from_hashes(cls, h: np.ndarray, fetch: Callable[[np.ndarray], np.ndarray], width: int) -> RowIndex:
+        n = h.size
+        codes, uniques = pd.factorize(h)  # a hash table: O(N), no sort of the rows
+        codes = codes.astype(np.int32 if n < 2**31 else np.int64, copy=False)
+        first = np.empty(len(uniques), np.int64)
+        first[codes[::-1]] = np.arange(n - 1, -1, -1)  # the last write is each hash's first row
+        rep = first[codes]
+        del codes
+        order = np.argsort(uniques, kind="stable")
+        return cls(h, np.asarray(uniques)[order], first[order], rep, fetch, width)
+
+    def _same(self, mine: np.ndarray, other: RowIndex, theirs: np.ndarray) -> np.ndarray:
+        """Byte-for-byte equality of rows `mine` here and rows `theirs` of `other`, in chunks."""
+        out = np.zeros(mine.size, bool)
+        for s in range(0, mine.size, _CONFIRM_ROWS):
+            a, b = mine[s:s + _CONFIRM_ROWS], theirs[s:s + _CONFIRM_ROWS]
+            out[s:s + len(a)] = (self.fetch(a) == other.fetch(b)).all(axis=1)
+        return out
 
     def duplicates(self) -> tuple[np.ndarray, np.ndarray]:
         """Rows that are exact copies of an earlier row, and that earlier row's index."""
-        rep = self.first[self.inverse]
-        cand = np.flatnonzero(rep != np.arange(rep.size))
-        same = (self.words[cand] == self.words[rep[cand]]).all(axis=1)  # rule out hash collisions
-        return cand[same], rep[cand[same]]
+        cand = np.flatnonzero(self.rep != np.arange(self.rep.size))
+        same = self._same(cand, self, self.rep[cand])  # rule out hash collisions
+        return cand[same], self.rep[cand[same]]
 
     def find(self, other: RowIndex) -> tuple[np.ndarray, np.ndarray]:
         """Rows of `other` that also occur here, and the index of their first copy here."""
-        if other.words.shape[1] != self.words.shape[1]:
+        if other.width != self.width:
             return np.zeros(0, np.int64), np.zeros(0, np.int64)
         pos = np.clip(np.searchsorted(self.unique, other.hashes), 0, max(self.unique.size - 1, 0))
         hit = np.flatnonzero(self.unique[pos] == other.hashes) if self.unique.size else np.zeros(0, np.int64)
         mine = self.first[pos[hit]]
-        same = (other.words[hit] == self.words[mine]).all(axis=1)
+        same = other._same(hit, self, mine)
         return hit[same], mine[same]
 
 
-
-
-def _missing_per_row(ds: Dataset) -> np.ndarray:
-    x = ds.x.reshape(len(ds), -1)
-    if not np.issubdtype(x.dtype, np.floating):
-        return np.zeros(len(ds), np.int64)
-    return np.isnan(x).sum(axis=1)
+def _missing_levels(ctx: Context, name: str) -> tuple[np.ndarray, np.ndarray]:
+    """Rows by their number of missing (NaN) values: (levels, rows at each level), from the
+    streamed dataset's pass or counted here."""
+    ds = ctx.dataset(name)
+    if ds.lazy:
+        hist = np.asarray(ctx.input_stats(name).missing_rows)
+    else:
+        x = ds.x.reshape(len(ds), -1)
+        per_row = np.isnan(x).sum(axis=1) if np.issubdtype(x.dtype, np.floating) else np.zeros(len(ds), np.int64)
+        hist = np.bincount(per_row, minlength=1)
+    levels = np.flatnonzero(hist)
+    return levels, hist[levels]
 
 
 def _pad_to(x: np.ndarray, width: int, pad: int) -> np.ndarray:
@@ -241,7 +265,7 @@ class DataIntegrity(Check):
         notes: list[str] = []
         metrics: dict[str, Metric] = {}
 
-        idx = RowIndex.of(ds.x)
+        idx = RowIndex.of_dataset(ctx, params.data)
         dup_rows, dup_of = idx.duplicates()
         labels = _labels(ds)
         dup_conflict = _conflicts(labels[dup_rows], labels[dup_of])
@@ -268,7 +292,7 @@ class DataIntegrity(Check):
                 tidx = RowIndex.of(_pad_to(train.x, width, pad))
                 comparable = True
             else:
-                tidx = RowIndex.of(train.x)
+                tidx = RowIndex.of_dataset(ctx, params.train)
                 comparable = train.x.shape[1:] == ds.x.shape[1:] and train.x.dtype == ds.x.dtype
             if not comparable:
                 notes.append(f"'{params.train}' rows have shape {train.x.shape[1:]} {train.x.dtype}, "
@@ -284,9 +308,9 @@ class DataIntegrity(Check):
         # bootstrap of the missing fraction, at a cost independent of N. The worst level (a
         # row with every value missing) joins with no rows, so that the pseudo-observation
         # of the Bayesian bootstrap keeps missing values possible when none were seen.
-        miss = _missing_per_row(ds)
+        levels, per_level = _missing_levels(ctx, params.data)
+        miss_total = int((levels * per_level).sum())
         width = max(int(np.prod(ds.x.shape[1:])), 1)
-        levels, per_level = np.unique(miss, return_counts=True)
         if levels[-1] != width:
             levels, per_level = np.append(levels, width), np.append(per_level, 0)
         levels = levels.astype(np.float64)
@@ -325,14 +349,15 @@ class DataIntegrity(Check):
                 notes.append("Label shift is not tested: fewer than two classes occur in the two sets.")
 
         evidence = self._evidence(ctx, ds, train, tidx, idx, params, dup_rows, dup_conflict,
-                                  overlap_rows, overlap_train, counts, train_counts, miss, metrics, notes, classes)
+                                  overlap_rows, overlap_train, counts, train_counts, miss_total, metrics, notes,
+                                  classes)
         evidence.extend(text_notes.pop("evidence"))
         return Measurement(metrics=metrics, evidence=evidence, flags=flags)
 
     def _evidence(self, ctx: Context, ds: Dataset, train: Dataset | None, tidx: RowIndex | None,
                   idx: RowIndex, params: IntegrityParams, dup_rows: np.ndarray, dup_conflict: int,
                   overlap_rows: np.ndarray, overlap_train: np.ndarray, counts: np.ndarray,
-                  train_counts: np.ndarray | None, miss: np.ndarray, metrics: dict[str, Metric],
+                  train_counts: np.ndarray | None, miss_total: int, metrics: dict[str, Metric],
                   notes: list[str], classes: list[str] | None = None) -> list[dict]:
         n = len(ds)
         classes = list(ds.classes) if classes is None else classes
@@ -343,12 +368,13 @@ class DataIntegrity(Check):
             t_dup, t_of = tidx.duplicates()
             ty = np.asarray(train.y, dtype=np.int64)
             ty = _labels(train)
+            t_levels, t_per = _missing_levels(ctx, params.train)
             rows.append([params.train, len(train), len(train) - int(t_dup.size), int(t_dup.size),
-                         _conflicts(ty[t_dup], ty[t_of]), int(_missing_per_row(train).sum()), None])
+                         _conflicts(ty[t_dup], ty[t_of]), int((t_levels * t_per).sum()), None])
         overlap_conflict = None
         if overlap_rows.size and train is not None:
             overlap_conflict = _conflicts(_labels(ds)[overlap_rows], _labels(train)[overlap_train])
-        rows.append([params.data, n, n - int(dup_rows.size), int(dup_rows.size), dup_conflict, int(miss.sum()),
+        rows.append([params.data, n, n - int(dup_rows.size), int(dup_rows.size), dup_conflict, miss_total,
                      int(overlap_rows.size) if "train_test_overlap" in metrics else None])
         sizes = table("Splits", ["dataset", "rows", "distinct rows", "duplicate rows",
                                  "duplicates with conflicting labels", "missing values",

@@ -276,7 +276,7 @@ class Export(Check):
             idx = np.sort(ctx.rng(f"{self.name}:{params.data}:subset").choice(n, params.n_samples, replace=False))
         else:
             idx = np.arange(n)
-        x = ds.x[idx]
+        x = ds.rows(idx)  # all rows of a streamed dataset stay streamed
 
         fp32 = copy.deepcopy(ctx.model.module).cpu().float().eval()
         module = _Logits(fp32).eval()

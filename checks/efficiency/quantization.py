@@ -138,7 +138,7 @@ class Quantization(Check):
             idx = np.sort(ctx.rng(f"{self.name}:{params.data}:subset").choice(n, params.n_samples, replace=False))
         else:
             idx = np.arange(n)
-        x, y = ds.x[idx], ds.y[idx]
+        x, y = ds.rows(idx), ds.y[idx]  # all rows of a streamed dataset stay streamed
 
         fp32, q = quantize(module)
         if ctx.device.type == "cpu":

@@ -77,11 +77,55 @@ def resolve_positive(classes: list[str], label: str | int | None) -> int:
                     f"{', '.join(map(str, classes))} (or an index 0..{len(classes) - 1})")
 
 
+_HASH_KEYS = np.array([[0x9E3779B97F4A7C15, 0xC2B2AE3D27D4EB4F], [0xD6E8FEB86659FD93, 0x165667B19E3779F9],
+                       [0xFF51AFD7ED558CCD, 0xC4CEB9FE1A85EC53], [0xA0761D6478BD642F, 0xE7037ED1A0B428DB],
+                       [0x8EBC6AF09C88C6E3, 0x589965CC75374CC3], [0x1D8E4E27C47D124F, 0x94D049BB133111EB],
+                       [0xBF58476D1CE4E5B9, 0x2545F4914F6CDD1D]], dtype=np.uint64)
+
+
+def _fixed_width_codes(values: np.ndarray) -> tuple[np.ndarray, list[str]] | None:
+    """Codes of a fixed-width NumPy string array ('<U', 'S': what the loaders hold) from its
+    bytes, without making N Python strings: each row's 8-byte words get two independent
+    64-bit linear hashes (one integer matrix product: sum of odd keys x words, modulo
+    2^64); the first is factorized (pandas' integer hash table, O(N)), the second must
+    agree within every group, so two different values merge only if both hashes collide
+    (odds about 2^-128; a single differing word can never collide). None when they
+    disagree: the caller then factorizes strings."""
+    n = values.shape[0]
+    raw = np.ascontiguousarray(values).view(np.uint8).reshape(n, -1)
+    if raw.shape[1] == 0:
+        return np.zeros(n, np.int64), [""] * min(n, 1)
+    pad = (-raw.shape[1]) % 8
+    if pad:
+        raw = np.concatenate([raw, np.zeros((n, pad), np.uint8)], axis=1)
+    words = raw.view(np.uint64)
+    w = words.shape[1]
+    keys = _HASH_KEYS[np.arange(w) % len(_HASH_KEYS)] * (np.arange(w, dtype=np.uint64)[:, None] * 2 + 1)
+    h = words @ keys  # (n, 2), wraps modulo 2^64
+    codes, uniques = pd.factorize(h[:, 0])
+    first = np.empty(len(uniques), np.int64)
+    first[codes[::-1]] = np.arange(n - 1, -1, -1)  # the last write is each code's first row
+    if not np.array_equal(h[:, 1], h[first[codes], 1]):
+        return None
+    return codes.astype(np.int64), [str(values[i]) for i in first]
+
+
 def _factorize(values: np.ndarray) -> tuple[np.ndarray, list[str]]:
     """Codes into sorted string labels, hashing rather than sorting the N values (O(N));
-    missing values become their own '(missing)' group."""
-    codes, uniques = pd.factorize(pd.Series(np.asarray(values)), use_na_sentinel=True)
-    labels = [str(u) for u in uniques]
+    missing values become their own '(missing)' group. Fixed-width string arrays are
+    factorized from their bytes (no Python string per row); a pandas Categorical gives
+    its codes."""
+    fast = None
+    if isinstance(values, pd.Categorical):
+        codes, uniques = values.codes.astype(np.int64), list(values.categories)
+        fast = codes, [str(u) for u in uniques]
+    elif isinstance(values, np.ndarray) and values.dtype.kind in "US" and values.ndim == 1:
+        fast = _fixed_width_codes(values)
+    if fast is not None:
+        codes, labels = fast
+    else:
+        codes, uniques = pd.factorize(pd.Series(np.asarray(values)), use_na_sentinel=True)
+        labels = [str(u) for u in uniques]
     if (codes < 0).any():
         codes = np.where(codes < 0, len(labels), codes)
         labels.append("(missing)")
@@ -97,8 +141,15 @@ def make_groups(ds: Dataset, attrs: list[str]) -> Groups:
     combined = np.zeros(len(ds), np.int64)
     for codes, labels in per_attr:  # mixed-radix code of the value combination
         combined = combined * len(labels) + codes
-    # Only observed combinations become groups: no group of size zero can arise.
-    observed, codes = np.unique(combined, return_inverse=True)
+    # Only observed combinations become groups: no group of size zero can arise. O(N):
+    # a bincount over the combination space when it is small, else a hash table.
+    space = int(np.prod([len(labels) for _, labels in per_attr], dtype=np.float64))
+    if space <= 4 * len(combined) + 1024:
+        seen = np.bincount(combined, minlength=space) > 0
+        observed = np.flatnonzero(seen)
+        codes = (np.cumsum(seen) - 1)[combined]
+    else:
+        observed, codes = np.unique(combined, return_inverse=True)
     keys = []
     for c in observed:
         parts = []

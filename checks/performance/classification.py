@@ -3,8 +3,13 @@
 Count metrics (accuracy, balanced accuracy, macro precision/recall/F1, worst-class
 recall, per-class recall) are functions of the confusion matrix and are resampled as one
 multinomial over its cells (10,000 resamples shared by all of them, cost independent of
-N). ROC AUC and log loss need per-sample values and use the weight bootstrap; the weighted ROC AUC is vectorised over
-resamples (sort once, cumulative weighted negatives), never one sklearn call per resample.
+N). ROC AUC gets DeLong's interval (each sample's structural component, one sort per
+class; on the logit scale; one-vs-rest AUCs share samples, so the macro mean's variance
+sums their components) and log loss, a mean of per-sample values, Student's t interval
+from their variance: neither cost grows with resamples x N. `intervals: row_bootstrap`
+uses the weight bootstrap instead (resamples x N; the weighted ROC AUC vectorised over
+resamples: sort once, cumulative weighted negatives), the reference the tests hold the
+fast intervals to.
 
 Point estimates equal scikit-learn's on the same predictions: macro averages run over the
 labels present in y_true or y_pred (sklearn's default), balanced accuracy and
@@ -16,7 +21,7 @@ present in y_true, log loss clips probabilities to [eps, 1 - eps] like sklearn.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 from pydantic import Field
@@ -31,7 +36,10 @@ class ClassificationParams(Params):
     resamples: int = Field(stats.COUNT_RESAMPLES, ge=200, le=200_000,
                            description="count-bootstrap resamples (confusion-matrix metrics)")
     weight_resamples: int = Field(stats.WEIGHT_RESAMPLES, ge=200, le=20_000,
-                                  description="weight-bootstrap resamples (ROC AUC, log loss)")
+                                  description="weight-bootstrap resamples (ROC AUC, log loss; row_bootstrap only)")
+    intervals: Literal["fast", "row_bootstrap"] = Field(
+        "fast", description="fast: DeLong for ROC AUC, t interval for log loss (cost independent of N); "
+                            "row_bootstrap: weight bootstrap (cost resamples x N)")
 
 
 # confusion matrix -> batched statistic, in the order of `metrics`
@@ -161,14 +169,16 @@ class ClassificationPerformance(Check):
                               f"{' ...' if len(absent) > 10 else ''}: the model is not tested on them, so "
                               "per-class metrics (worst-class recall, balanced accuracy) say nothing about them"))
 
-        auc = self._roc_auc(proba, y, present, n, conf, rng("roc_auc"), params.weight_resamples)
+        fast = params.intervals == "fast"
+        auc = self._roc_auc(proba, y, present, n, conf, rng("roc_auc"), params.weight_resamples, fast)
         if auc is not None:
             metrics["roc_auc"] = auc
         else:
             notes.append("ROC AUC is undefined: fewer than two classes are present.")
         losses = log_loss_per_sample(proba, y)
-        metrics["log_loss"] = stats.bootstrap_mean(losses, confidence=conf, rng=rng("log_loss"),
-                                                   n_resamples=params.weight_resamples)
+        metrics["log_loss"] = (stats.mean_interval(losses, confidence=conf) if fast else
+                               stats.bootstrap_mean(losses, confidence=conf, rng=rng("log_loss"),
+                                                    n_resamples=params.weight_resamples))
         metrics["worst_class_recall"] = counted["worst_class_recall"]
 
         evidence = self._evidence(ds.classes, cm, metrics, recall_ci, params, notes, n)
@@ -178,9 +188,14 @@ class ClassificationPerformance(Check):
 
     @staticmethod
     def _roc_auc(proba: np.ndarray, y: np.ndarray, present: np.ndarray, n: int, conf: float,
-                 rng: np.random.Generator, resamples: int) -> Metric | None:
+                 rng: np.random.Generator, resamples: int, fast: bool = True) -> Metric | None:
         if present.sum() < 2:
             return None
+        if fast:
+            if proba.shape[1] == 2:
+                return stats.delong_auc([proba[:, 1]], [y == 1], confidence=conf)
+            cls = np.flatnonzero(present)
+            return stats.delong_auc([proba[:, c] for c in cls], [y == c for c in cls], confidence=conf)
         if proba.shape[1] == 2:
             aucs = [RocAuc(proba[:, 1], y == 1)]
         else:

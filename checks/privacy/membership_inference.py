@@ -66,11 +66,29 @@ class MIAParams(Params):
     gamma: float = Field(1.0, gt=0.0)
 
 
+def rows_proba(ctx: Context, name: str, rows: np.ndarray) -> np.ndarray:
+    """Class probabilities of some rows of a dataset: only the rows the check uses are run
+    (the members sampled from 'train'), or sliced from the cached predictions."""
+    from audit.context import logits_to_proba
+
+    return logits_to_proba(ctx.logits_rows(name, rows))
+
+
+def rows_true_proba(ctx: Context, name: str, rows: np.ndarray) -> np.ndarray:
+    """Probability of the true class of some rows."""
+    return rows_proba(ctx, name, rows)[np.arange(len(rows)), ctx.dataset(name).y[rows]]
+
+
+def rows_loss(ctx: Context, name: str, rows: np.ndarray) -> np.ndarray:
+    """Per-sample cross-entropy of the true class (as `Context.losses`) of some rows."""
+    return -np.log(np.clip(rows_true_proba(ctx, name, rows), 1e-15, 1.0))
+
+
 def attack_scores(ctx: Context, name: str, attack: str, idx: np.ndarray) -> np.ndarray:
     """Higher = more likely a member."""
     if attack == "loss":
-        return -ctx.losses(name)[idx]
-    return ctx.probabilities(name)[idx].max(axis=1)
+        return -rows_loss(ctx, name, idx)
+    return rows_proba(ctx, name, idx).max(axis=1)
 
 
 def weighted_auc_advantage(scores: np.ndarray, members: np.ndarray, w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -252,14 +270,12 @@ class MembershipInference(Check):
             z_parts.append((name, np.sort(rows[:take])))
             r_parts.append((name, np.sort(rows[take:])))
             left -= take
-        p_z = np.concatenate([_true_proba(ctx.probabilities(name), ctx.dataset(name).y, rows)
-                              for name, rows in z_parts if len(rows)])
+        p_z = np.concatenate([rows_true_proba(ctx, name, rows) for name, rows in z_parts if len(rows)])
         x_targets = np.concatenate([train.x[mem_idx], held.x[non_idx]])
         y_targets = np.concatenate([train.y[mem_idx], held.y[non_idx]])
         x_z = np.concatenate([ctx.dataset(name).x[rows] for name, rows in z_parts if len(rows)])
         y_z = np.concatenate([ctx.dataset(name).y[rows] for name, rows in z_parts if len(rows)])
-        p_x = np.concatenate([_true_proba(ctx.probabilities("train"), train.y, mem_idx),
-                              _true_proba(ctx.probabilities(params.data), held.y, non_idx)])
+        p_x = np.concatenate([rows_true_proba(ctx, "train", mem_idx), rows_true_proba(ctx, params.data, non_idx)])
 
         refs: list[Any] = []
         info: dict[str, Any] = {"n_z": int(len(y_z)), "models": []}
@@ -308,9 +324,10 @@ class MembershipInference(Check):
                   results: dict[str, dict[str, Any]], headline: str, ref_info: dict[str, Any] | None,
                   notes: list[str]) -> list[dict[str, Any]]:
         train, held = ctx.dataset("train"), ctx.dataset(params.data)
-        acc_m = float((ctx.predictions("train")[mem_idx] == train.y[mem_idx]).mean())
-        acc_n = float((ctx.predictions(params.data)[non_idx] == held.y[non_idx]).mean())
-        loss_m, loss_n = float(ctx.losses("train")[mem_idx].mean()), float(ctx.losses(params.data)[non_idx].mean())
+        acc_m = float((rows_proba(ctx, "train", mem_idx).argmax(axis=1) == train.y[mem_idx]).mean())
+        acc_n = float((rows_proba(ctx, params.data, non_idx).argmax(axis=1) == held.y[non_idx]).mean())
+        loss_m = float(rows_loss(ctx, "train", mem_idx).mean())
+        loss_n = float(rows_loss(ctx, params.data, non_idx).mean())
         names = {"rmia": "RMIA (reference models, offline)", "loss": "loss threshold (baseline)",
                  "confidence": "confidence threshold (label-free)"}
         order = [a for a in ("rmia", "loss", "confidence") if a in results]

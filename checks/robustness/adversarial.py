@@ -29,8 +29,10 @@ ball, and judged after rounding.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
+from collections.abc import Iterator
 from typing import Any, Literal
 
 import numpy as np
@@ -177,7 +179,8 @@ class AdversarialRobustness(Check):
             _check_box(params, lo, hi, int(np.prod(ds.x.shape[1:])), "(model.input_range)")
         except ValueError as exc:
             raise SpecError(str(exc)) from None
-        xmin, xmax = float(ds.x.min()), float(ds.x.max())
+        stats = ctx.input_stats(params.data)  # exact, from the pass when the dataset streams
+        xmin, xmax = float(stats.min.min()), float(stats.max.max())
         if xmin < lo - 1e-6 or xmax > hi + 1e-6:
             raise SpecError(f"dataset '{params.data}' has values in [{xmin:g}, {xmax:g}], outside the "
                             f"model's input box [{lo:g}, {hi:g}]; set model.input_range to the range "
@@ -189,6 +192,7 @@ class AdversarialRobustness(Check):
             raise SkipCheck("gradient attacks need continuous inputs; dataset "
                             f"'{params.data}' holds token ids")
         tag = f"{self.name}:{params.data}"
+        cost = _Cost(ctx)
         seeds = _Seeds(ctx, tag)
         n_total = len(ds)
         n = min(params.n_samples, n_total)
@@ -201,7 +205,7 @@ class AdversarialRobustness(Check):
         att = np.flatnonzero(correct)  # only correctly classified samples are attacked
         x = torch.as_tensor(ds.x[idx][att]).to(device)
         y = torch.as_tensor(y_np[att]).to(device)
-        geo = _geometry(ctx, ds, device)
+        geo = _geometry(ctx, ds, device, params.data)
         lo, hi, scale = geo["lo"], geo["hi"], geo["scale"]
         bs = params.batch_size or ctx.batch_size
         eps_list = params.eps_list(ds.kind)
@@ -222,6 +226,39 @@ class AdversarialRobustness(Check):
         def finalize(x0: torch.Tensor, xa: torch.Tensor, eps: float) -> torch.Tensor:
             return _finalize(x0, xa, geo, params.norm, eps)
 
+        def preds_known(key: str, x_adv: torch.Tensor, known: torch.Tensor | None) -> np.ndarray:
+            """Predictions of an attack's points: the classes its loop already computed for
+            the points it classified (`known` >= 0), a counted pass for the others. Points
+            that finalizing moved (whole-number columns) are all predicted again."""
+            if known is None or geo.get("integer_t") is not None or len(att) == 0:
+                return preds_of(key, lambda: x_adv)
+
+            def build() -> np.ndarray:
+                out = known.cpu().numpy().copy()
+                miss = np.flatnonzero(out < 0)
+                if len(miss):
+                    rows = torch.as_tensor(miss, device=x_adv.device)
+                    out[miss] = _predict_np(ctx.infer(x_adv[rows], what="Adversarial predictions"))
+                return out
+
+            return ctx.cached(("adversarial-predictions", f"{tag}:{key}"), build)
+
+        clean_grad: dict[str, torch.Tensor] = {}
+
+        def fgsm_at(eps: float, kw: dict[str, Any]) -> attacks.AttackResult:
+            """FGSM at eps from the loss gradient at the clean input, computed once for every eps."""
+            first = "g" not in clean_grad
+            if first:
+                t1 = time.perf_counter()
+                clean_grad["g"] = attacks.clean_gradient(ctx.forward, x, y, count_backward=ctx.count_backward,
+                                                         batch_size=bs)
+                if sync:
+                    sync()
+                cost.bare_backward(time.perf_counter() - t1, len(att))
+            res = attacks.fgsm(ctx.forward, x, y, gradient=clean_grad["g"], **kw)
+            if first:
+                res.passes.update(forward=len(att), backward=len(att))
+            return res
         y_att = y_np[att]
         rows: dict[float, dict[str, Any]] = {}
         runs: dict[float, dict[str, Any]] = {}   # per eps: what each attack did (passes, seconds, queries)
@@ -237,13 +274,13 @@ class AdversarialRobustness(Check):
             t0 = time.perf_counter()
             if params.attack in ("pgd", "fgsm"):
                 if params.attack == "fgsm":
-                    main = attacks.fgsm(ctx.forward, x, y, **kw)
+                    main = fgsm_at(eps, kw)
                 else:
                     main = attacks.pgd(ctx.forward, x, y, steps=steps, step_size=params.step_size,
                                        restarts=params.restarts, random_start=params.random_start,
                                        generator=seeds.generator(f"{eps}:start"), **kw)
                 x_main = finalize(x, main.x_adv, eps)
-                adv_pred = preds_of(f"adv:{cfg}:eps={eps}", lambda: x_main)
+                adv_pred = preds_known(f"adv:{cfg}:eps={eps}", x_main, main.pred)
                 row["main"] = adv_pred == y_att
                 row["bad_grad"] = main.bad_grad.cpu().numpy()
                 info[params.attack] = {"passes": dict(main.passes), "seconds": time.perf_counter() - t0}
@@ -266,17 +303,18 @@ class AdversarialRobustness(Check):
                 row["bad_grad"] = casc.bad_grad.cpu().numpy() if white else None
                 info.update(self._cascade_info(casc, len(att)))
             if params.attack in ("pgd", "apgd-ce", "apgd-t", "fab-t", "autoattack"):
-                f = attacks.fgsm(ctx.forward, x, y, **kw)
+                f = fgsm_at(eps, kw)
                 x_f = finalize(x, f.x_adv, eps)
                 row["fgsm"] = preds_of(f"fgsm:{params.norm}:n={n}:eps={eps}", lambda: x_f) == y_att
             noise_robust = np.ones(len(att), dtype=bool)
             for d in range(params.noise_draws):
                 # A stream per draw: a draw is the same whether or not others came from the cache.
                 gen = seeds.generator(f"{eps}:noise:{d}")
-                noise_robust &= preds_of(
-                    f"noise:{params.norm}:n={n}:eps={eps}:draw={d}",
-                    lambda: finalize(x, attacks.uniform_noise(x, eps=eps, norm=params.norm, lo=lo, hi=hi,
-                                                              scale=scale, generator=gen), eps)) == y_att
+                with cost.bare_forward(sync) as making:
+                    noise_robust &= preds_of(
+                        f"noise:{params.norm}:n={n}:eps={eps}:draw={d}",
+                        making(lambda: finalize(x, attacks.uniform_noise(x, eps=eps, norm=params.norm, lo=lo, hi=hi,
+                                                                         scale=scale, generator=gen), eps))) == y_att
             row["noise"] = noise_robust
             if surrogate is not None:
                 t1 = time.perf_counter()
@@ -330,6 +368,7 @@ class AdversarialRobustness(Check):
 
         evidence = self._evidence(params, ds, geo, curve, clean[0], rows, runs, eps_list, flag_items, n,
                                   len(att), seeds, want_square)
+        evidence.append(cost.table())
         if examples is not None:
             evidence.append(self._examples(ds, x, examples, y_att, top))
         return Measurement(metrics={"robust_accuracy": robust_acc, "attack_success_rate": asr},
@@ -541,6 +580,69 @@ class AdversarialRobustness(Check):
                              "input with its predicted class, and the perturbation (contrast stretched).")
 
 
+class _Cost:
+    """The check's passes (forward-only and forward+backward samples, from the Context's
+    counters) and its floor: the same passes as bare batched loops, at the per-sample cost
+    of the check's own bare passes (the loss gradient at the clean input for a forward+
+    backward sample; the noise predictions, model time only, for a forward one)."""
+
+    def __init__(self, ctx: Context) -> None:
+        self.ctx = ctx
+        self.t0 = time.perf_counter()
+        self.f0, self.b0 = ctx.forward_samples, ctx.backward_samples
+        self.fb = [0.0, 0]  # seconds, samples of bare forward+backward passes
+        self.f = [0.0, 0]   # seconds, samples of bare forward passes
+
+    def bare_backward(self, seconds: float, samples: int) -> None:
+        self.fb[0] += seconds
+        self.fb[1] += samples
+
+    @contextlib.contextmanager
+    def bare_forward(self, sync: Any) -> Iterator[Any]:
+        """Times the model passes in the block: the time `making(make)` spends building
+        inputs is not a model pass and is left out."""
+        making_s = [0.0]
+
+        def making(make: Any) -> Any:
+            def wrapped() -> Any:
+                t = time.perf_counter()
+                out = make()
+                making_s[0] += time.perf_counter() - t
+                return out
+            return wrapped
+
+        t0, f0 = time.perf_counter(), self.ctx.forward_samples
+        yield making
+        if sync:
+            sync()
+        ran = self.ctx.forward_samples - f0
+        if ran:
+            self.f[0] += time.perf_counter() - t0 - making_s[0]
+            self.f[1] += ran
+
+    def table(self) -> dict[str, Any]:
+        seconds = time.perf_counter() - self.t0
+        fwd = self.ctx.forward_samples - self.f0
+        bwd = self.ctx.backward_samples - self.b0
+        per_fb = self.fb[0] / self.fb[1] if self.fb[1] else None
+        per_f = self.f[0] / self.f[1] if self.f[1] else None
+        rows = [["forward + backward", bwd, None if per_fb is None else round(1e3 * per_fb, 4),
+                 None if per_fb is None else round(bwd * per_fb, 3)],
+                ["forward only", fwd - bwd, None if per_f is None else round(1e3 * per_f, 4),
+                 None if per_f is None else round((fwd - bwd) * per_f, 3)]]
+        floor = sum(r[3] for r in rows if r[3] is not None)
+        known = all(r[3] is not None for r, k in zip(rows, (bwd, fwd - bwd)) if k)
+        note = (f"Every pass this check made (attacks, predictions of their points, baselines), counted by the "
+                f"audit. Floor: the same samples through bare batched passes, at the per-sample cost measured on "
+                f"this check's own bare passes (the loss gradient at the clean input; the noise predictions). ")
+        if known and floor > 0:
+            note += (f"The check took {seconds:.2f} s, {seconds / floor:.2f}x its floor of {floor:.2f} s "
+                     "(the rest: attack steps and projections, noise draws, bookkeeping).")
+        else:
+            note += f"The check took {seconds:.2f} s."
+        return table("Passes and cost", ["passes", "samples", "ms per sample (bare)", "floor (s)"], rows, note=note)
+
+
 # ---- helpers ---------------------------------------------------------------------------------
 def _surrogate_name(entry: ModelSpec | None) -> str:
     if entry is None:
@@ -607,34 +709,41 @@ def _image_box(ctx: Context) -> tuple[float, float]:
     return (0.0, 1.0) if box is None else (float(box[0]), float(box[1]))
 
 
-def tabular_geometry(ds: Any, device: torch.device | str = "cpu", input_range: tuple[float, float] | None = None
-                     ) -> dict[str, Any]:
+def tabular_geometry(ds: Any, device: torch.device | str = "cpu", input_range: tuple[float, float] | None = None,
+                     stats: Any = None) -> dict[str, Any]:
     """The perturbation set of a tabular dataset: eps unit (std per continuous feature,
-    0 for columns that must not move), the valid box and the whole-number columns."""
+    0 for columns that must not move), the valid box and the whole-number columns. From
+    the exact per-column statistics (`Context.input_stats`, the same over the same blocks
+    whether the dataset streams or not); computed here when none are given."""
     cont = ds.continuous
     if cont is None or not np.any(cont):
         raise SkipCheck(f"dataset '{ds.name}' marks no continuous features to perturb")
-    x = np.asarray(ds.x, dtype=np.float64)
-    movable = np.asarray(cont, dtype=bool) & (x.std(axis=0) > 0)
-    std = np.where(movable, x.std(axis=0), 0.0)
-    whole = np.all(np.isclose(x, np.round(x)), axis=0) & movable
+    if stats is None:
+        from audit.lazy import BlockStats, block_rows, merge_stats
+
+        step = block_rows(ds.x.shape[1])
+        stats = merge_stats([BlockStats.of(np.asarray(ds.x[s:s + step])) for s in range(0, len(ds), step)])
+    sd = stats.std
+    movable = np.asarray(cont, dtype=bool) & (sd > 0)
+    std = np.where(movable, sd, 0.0)
+    whole = np.asarray(stats.whole, dtype=bool) & movable
     as_t = lambda a: torch.as_tensor(a, dtype=torch.float32, device=device)  # noqa: E731
     if input_range is not None:
         lo, hi = float(input_range[0]), float(input_range[1])
     else:
         # No declared box: stay within each feature's observed range (plausible values).
-        lo, hi = as_t(x.min(axis=0)), as_t(x.max(axis=0))
+        lo, hi = as_t(stats.min), as_t(stats.max)
     return {"lo": lo, "hi": hi, "scale": as_t(std), "std": std, "movable": movable, "integer": whole,
             "integer_t": as_t(whole.astype(np.float32)) if whole.any() else None,
             "unit": "standard deviations of each continuous feature (one-hot and binary columns fixed)"}
 
 
-def _geometry(ctx: Context, ds: Any, device: torch.device) -> dict[str, Any]:
+def _geometry(ctx: Context, ds: Any, device: torch.device, name: str) -> dict[str, Any]:
     """lo, hi, scale (the per-feature unit of eps) and the whole-number columns."""
     if ds.kind == "image":
         lo, hi = _image_box(ctx)
         return {"lo": lo, "hi": hi, "scale": None, "integer_t": None, "unit": "input units"}
-    return tabular_geometry(ds, device, ctx.model.input_range)
+    return tabular_geometry(ds, device, ctx.model.input_range, ctx.input_stats(name))
 
 
 def _finalize(x0: torch.Tensor, xa: torch.Tensor, geo: dict[str, Any], norm: str, eps: float) -> torch.Tensor:

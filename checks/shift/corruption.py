@@ -85,7 +85,10 @@ class CorruptionShift(Check):
         n = len(ds) if params.n_samples is None else min(params.n_samples, len(ds))
         idx = np.arange(len(ds)) if n == len(ds) else \
             np.sort(ctx.rng(f"{tag}:subsample").choice(len(ds), n, replace=False))
-        sub = Dataset(name=params.data, x=ds.x[idx], y=ds.y[idx], kind=ds.kind, classes=ds.classes,
+        if ds.lazy and params.n_samples is None:
+            raise DataError(f"n_samples: null corrupts every row in memory, and dataset '{params.data}' is streamed "
+                            f"({len(ds):,} rows): give n_samples (a seeded sample)")
+        sub = Dataset(name=params.data, x=ds.take(idx), y=ds.y[idx], kind=ds.kind, classes=ds.classes,
                       feature_names=ds.feature_names, feature_groups=ds.feature_groups,
                       continuous=ds.continuous, meta={"from": params.data})
         clean_correct = ctx.predictions(params.data)[idx] == sub.y

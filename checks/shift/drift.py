@@ -55,6 +55,7 @@ from audit.stats import from_draws, resample_weights
 
 PSI_LEVEL = 0.1  # Evidently's default PSI drift threshold
 MAX_ROWS, MAX_BARS = 60, 40  # evidence size: table rows, bars of a chart
+FEATURE_ROWS = 1_000_000  # per side: the per-feature tests read every row's features
 
 
 class DriftParams(Params):
@@ -401,10 +402,15 @@ class Drift(Check):
         rng = ctx.rng(f"{self.name}:{params.data}:{params.current}")
         alpha = 1.0 - params.confidence
 
+        # the per-feature tests read every row's features: up to FEATURE_ROWS rows per side
+        # (a rule of the sizes alone, so every engine decides alike)
+        features_read = ref_ds.kind == "tabular" and max(len(ref_ds), len(cur_ds)) <= FEATURE_ROWS
+
         def side(name: str) -> Side:
             ds = ctx.dataset(name)
             emb = ctx.embeddings(name)  # first: a dataset not yet predicted gets both in one pass
-            return Side(ctx.probabilities(name), emb, ds.x.astype(np.float64) if ds.kind == "tabular" else None)
+            x = (ds.take(np.arange(len(ds))) if ds.lazy else ds.x).astype(np.float64) if features_read else None
+            return Side(ctx.probabilities(name), emb, x)
 
         ref, cur = side(params.data), side(params.current)
         paired = same_rows(ctx, params.data, params.current)
@@ -415,7 +421,7 @@ class Drift(Check):
         if min(len(ref), len(cur)) < 2:
             raise SkipCheck("fewer than 2 rows on one side")
         features = None
-        if ref_ds.kind == "tabular":
+        if features_read:
             features = tabular_features(ref_ds.feature_names, ref_ds.feature_groups, ref_ds.continuous,
                                         ref_ds.x.shape[1])
         tests = drift_tests(ref, cur, permutations=params.permutations, n_max=params.n_max, rng=rng,
@@ -451,6 +457,11 @@ class Drift(Check):
                    "drifted_feature_share": Metric(share, None)}
         evidence = self._evidence(ctx, params, ref_ds, cur_ds, ref, cur, paired, tests, p_value, alpha, auc,
                                   scores, labels, feat_rows, share_of)
+        if ref_ds.kind == "tabular" and not features_read:
+            evidence.append(text("Per-feature tests not run", (
+                f"'{params.data}' or '{params.current}' has more than {FEATURE_ROWS:,} rows: the per-feature KS and "
+                "chi-square tests, which read every row's features, were left out; the tests on the model's outputs "
+                "and embeddings cover every row.")))
         return Measurement(metrics=metrics, evidence=evidence)
 
     @staticmethod

@@ -76,7 +76,7 @@ class Reproducibility(Check):
         else:
             idx = np.sort(ctx.rng(f"{self.name}:{params.data}:subset").choice(n, params.n_samples, replace=False))
             first = ctx.infer(ds.x[idx], what="Repeated inference, pass 1")
-        x = ds.x[idx]
+        x = ds.rows(idx)  # all rows of a streamed dataset stay streamed
         pred0 = logits_to_proba(first).argmax(axis=1)
         same = np.ones(len(idx), dtype=bool)
         rows = []

@@ -18,7 +18,8 @@ from checks.explain import explainers as ex
 from checks.explain.attribution import figures, inputs
 from checks.explain.attribution.agreement import method_agreement
 from checks.explain.attribution.cost import Phases
-from checks.explain.attribution.faithfulness import completeness_gap, completeness_report, deletion_curves
+from checks.explain.attribution.faithfulness import (baseline_logits, completeness_gap, completeness_report,
+                                                      deletion_curves)
 from checks.explain.attribution.params import AttributionParams
 from checks.explain.attribution.randomization import cascade, cascade_table
 from checks.explain.attribution.sensitive import sensitive_columns, sensitive_share
@@ -118,11 +119,13 @@ class Attribution(Check):
         phases = Phases(ctx, len(e.idx))
         with phases("set-up (baseline, background, k-means)", per_sample=False):
             bg = inputs.background_dataset(ctx, ds)
-            baseline = inputs.baseline(params, e.x, bg)
+            bg_name = "train" if ctx.has_dataset("train") and bg is ctx.dataset("train") else params.data
+            mean = ctx.input_stats(bg_name).mean if params.baseline == "mean" else None
+            baseline = inputs.baseline(params, e.x, bg, mean)
             setup = inputs.explain_setup(ctx, params, ds, bg, key)
         units = feature_units(ds)
         chunk = params.batch_size or ctx.batch_size
-        fn = self.explainer or ex.METHODS[params.method]
+        fn = self.explainer or ex.method(params.method, params.implementation)
         model = ex.TwoClassLogits(ctx.counting())  # every pass Captum or SHAP makes is counted
 
         def attribute(f: ex.ExplainFn, module: torch.nn.Module, xs: np.ndarray = e.x, ts: np.ndarray = e.target,
@@ -140,8 +143,12 @@ class Attribution(Check):
         flags: list[Flag] = []
         notes: list[str] = []
 
+        with phases("baseline outputs", per_sample=False):
+            # f(baseline): shared by the completeness check and the last deletion step
+            # (every unit removed is the baseline itself); one row when it is the same for all
+            f_base = baseline_logits(ctx, baseline, chunk)
         with phases("deletion curves"):
-            curves = deletion_curves(ctx, params, ds, e.x, baseline, attr, e.target, e.p0, key)
+            curves = deletion_curves(ctx, params, ds, e.x, baseline, attr, e.target, e.p0, key, f_base)
         metrics["deletion_faithfulness"] = bootstrap_mean(
             curves.per_sample, confidence=params.confidence, rng=ctx.rng(f"{key}:ci:deletion"))
 
@@ -160,7 +167,8 @@ class Attribution(Check):
 
         if params.compare_with:
             with phases(f"comparison: {params.compare_with}"):
-                other = attribute(self.compare_explainer or ex.METHODS[params.compare_with], model)
+                other = attribute(self.compare_explainer or ex.method(params.compare_with, params.implementation),
+                                  model)
             metrics["method_agreement"], ev = method_agreement(params, units, u, units.reduce(other),
                                                                ctx.rng(f"{key}:ci:agreement"))
             evidence.append(ev)
@@ -168,7 +176,8 @@ class Attribution(Check):
         if params.method == "integrated_gradients" and self.explainer is None:
             # IG's completeness axiom: a sanity check on n_steps
             with phases("completeness check", per_sample=False):
-                gap = completeness_gap(ctx, e.x, baseline, attr, e.target, chunk)
+                gap = completeness_gap(ctx, e.x, baseline, attr, e.target, chunk, f_base,
+                                       fx=inputs.cached_float32_logits(ctx, params.data, e.idx))
             note, flag = completeness_report(gap, params.n_steps)
             notes.append(note)
             if flag:

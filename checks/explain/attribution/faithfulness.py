@@ -39,9 +39,22 @@ class DeletionCurves:
     n: int
 
 
+def baseline_logits(ctx: Context, baseline: np.ndarray, chunk: int) -> np.ndarray:
+    """Float32 logits (n, K) of the baseline rows, from one counted row when every row is
+    the same baseline (zeros, the mean), else from each row (blurred)."""
+    n = len(baseline)
+    if n and (baseline == baseline[:1]).all():
+        one = ctx.run_model(None, baseline[:1], what="Baseline outputs", precision="float32")
+        return np.repeat(one, n, axis=0)
+    return ctx.run_model(None, baseline, what="Baseline outputs", batch_size=chunk, precision="float32")
+
+
 def deletion_curves(ctx: Context, params: AttributionParams, ds: Dataset, x: np.ndarray, baseline: np.ndarray,
-                    attr: np.ndarray, target: np.ndarray, p0: np.ndarray, key: str) -> DeletionCurves:
-    """Deletion curves (attribution order vs random orders), every pass through ctx.infer."""
+                    attr: np.ndarray, target: np.ndarray, p0: np.ndarray, key: str,
+                    f_base: np.ndarray | None = None) -> DeletionCurves:
+    """Deletion curves (attribution order vs random orders), every pass through ctx.infer.
+    With `f_base` (the baseline rows' logits), the last step (every unit removed: the
+    baseline itself, whatever the order) is read from it instead of run again."""
     n = len(x)
     index, n_units, unit_word = deletion_units(ds, params.deletion_patch)
     flat = attr.reshape(n, -1).astype(np.float64)
@@ -57,20 +70,25 @@ def deletion_curves(ctx: Context, params: AttributionParams, ds: Dataset, x: np.
                    for _ in range(params.deletion_random_orders)]
     xf, bf = x.reshape(n, -1), baseline.reshape(n, -1)
     curves = np.ones((len(order_rank), n, steps + 1))
-    per_chunk = max(1, _DELETION_ROWS_PER_CHUNK // max(1, steps * len(order_rank) * xf.shape[1]))
-    for s in range(0, n, per_chunk):
+    known_last = f_base is not None and counts[-1] == n_units
+    run = counts[1:-1] if known_last else counts[1:]  # removal counts that need a model pass
+    if known_last:
+        p_last = logits_to_proba(f_base)[np.arange(n), target]
+        curves[:, :, -1] = (p_last / np.maximum(p0, 1e-12))[None, :]
+    per_chunk = max(1, _DELETION_ROWS_PER_CHUNK // max(1, max(len(run), 1) * len(order_rank) * xf.shape[1]))
+    for s in range(0, n if len(run) else 0, per_chunk):
         sl = slice(s, min(n, s + per_chunk))
         m = sl.stop - sl.start
         batch = []
         for rank in order_rank:
-            removed = rank[sl][:, None, :] < counts[None, 1:, None]          # (m, steps, units)
+            removed = rank[sl][:, None, :] < run[None, :, None]               # (m, steps, units)
             mask = removed[:, :, index]                                        # (m, steps, elements)
             batch.append(np.where(mask, bf[sl][:, None], xf[sl][:, None]))
         pert = np.stack(batch).reshape((-1,) + x.shape[1:]).astype(np.float32)
         proba = logits_to_proba(ctx.infer(pert, what="Deletion curves"))
-        t = np.broadcast_to(target[sl][None, :, None], (len(order_rank), m, steps)).ravel()
-        pt = proba[np.arange(len(t)), t].reshape(len(order_rank), m, steps)
-        curves[:, sl, 1:] = pt / np.maximum(p0[sl], 1e-12)[None, :, None]
+        t = np.broadcast_to(target[sl][None, :, None], (len(order_rank), m, len(run))).ravel()
+        pt = proba[np.arange(len(t)), t].reshape(len(order_rank), m, len(run))
+        curves[:, sl, 1:1 + len(run)] = pt / np.maximum(p0[sl], 1e-12)[None, :, None]
     area = np.trapezoid(curves, frac, axis=-1)                                 # (orders, n)
     per_sample = area[1:].mean(axis=0) - area[0]
     # Mean curves with a bootstrap band over samples, for the figure.
@@ -85,13 +103,18 @@ def deletion_curves(ctx: Context, params: AttributionParams, ds: Dataset, x: np.
 
 
 def completeness_gap(ctx: Context, x: np.ndarray, baseline: np.ndarray, attr: np.ndarray, target: np.ndarray,
-                     chunk: int) -> np.ndarray:
+                     chunk: int, f_base: np.ndarray | None = None, fx: np.ndarray | None = None) -> np.ndarray:
     """|sum(attr) - (f(x)_t - f(b)_t)| / |f(x)_t - f(b)_t| per sample, f = the logits (two
-    for a single-logit model, as explained). Counted passes through the Context, in float32
-    (cached predictions may come from autocast), in the explained chunks."""
+    for a single-logit model, as explained), in float32. `fx` and `f_base` are the logits
+    already computed (the cached predictions when they are float32, the baseline's);
+    what is missing is a counted pass through the Context, in the explained chunks."""
     rows = np.arange(len(x))
-    fx, fb = (class_logits(ctx.run_model(None, v, what="Completeness check", batch_size=chunk, precision="float32"))
-              for v in (x, baseline))
+
+    def run(v: np.ndarray) -> np.ndarray:
+        return ctx.run_model(None, v, what="Completeness check", batch_size=chunk, precision="float32")
+
+    fx = class_logits(run(x) if fx is None else fx)
+    fb = class_logits(run(baseline) if f_base is None else f_base)
     diff = fx[rows, target] - fb[rows, target]
     total = attr.reshape(len(x), -1).astype(np.float64).sum(axis=1)
     with np.errstate(divide="ignore", invalid="ignore"):

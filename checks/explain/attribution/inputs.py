@@ -35,6 +35,14 @@ def select(ctx: Context, params: AttributionParams, ds: Dataset, key: str) -> Ex
     return Explained(idx, x, target, proba_all[idx, target], proba_all, pred_all)
 
 
+def cached_float32_logits(ctx: Context, name: str, rows: np.ndarray) -> np.ndarray | None:
+    """The cached logits of `rows` when the audit's inference ran in float32 (no autocast:
+    not on CUDA), so that a check needing f(x) in float32 reuses them; None otherwise."""
+    if ctx.device.type == "cuda":
+        return None
+    return ctx.logits(name)[rows]
+
+
 def targets(params: AttributionParams, ds: Dataset, rows: np.ndarray, pred_all: np.ndarray) -> np.ndarray:
     if params.target == "predicted":
         return pred_all[rows].astype(np.int64)
@@ -58,11 +66,14 @@ def background_dataset(ctx: Context, ds: Dataset) -> Dataset:
     return ds
 
 
-def baseline(params: AttributionParams, x: np.ndarray, bg: Dataset) -> np.ndarray:
+def baseline(params: AttributionParams, x: np.ndarray, bg: Dataset, mean: np.ndarray | None = None) -> np.ndarray:
+    """`mean`: the background's per-element mean (Context.input_stats: the same numbers
+    whether the background streams or not); computed from `bg.x` when not given."""
     if params.baseline == "zeros":
         return np.zeros_like(x)
     if params.baseline == "mean":
-        return np.broadcast_to(bg.x.mean(axis=0, dtype=np.float64).astype(np.float32), x.shape).copy()
+        m = np.asarray(mean).reshape(x.shape[1:]) if mean is not None else bg.x.mean(axis=0, dtype=np.float64)
+        return np.broadcast_to(m.astype(np.float32), x.shape).copy()
     sigma = params.blur_sigma or max(1.0, x.shape[-1] / 8)
     return gaussian_filter(x, sigma=(0, 0, sigma, sigma), mode="nearest").astype(np.float32)
 
@@ -79,5 +90,16 @@ def explain_setup(ctx: Context, params: AttributionParams, ds: Dataset, bg: Data
         setup.background = torch.tensor(np.ascontiguousarray(bg.x[np.sort(rows)]), dtype=torch.float32,
                                         device=ctx.device)
     if any(m in ex.MODEL_AGNOSTIC for m in methods):
-        setup.kmeans = ex.kmeans_background(bg.x, params.n_background, setup.seed)
+        setup.kmeans = ex.kmeans_background(_kmeans_rows(bg, setup.seed), params.n_background, setup.seed)
     return setup
+
+
+def _kmeans_rows(bg: Dataset, seed: int, max_rows: int = 2000) -> np.ndarray:
+    """The background rows k-means reads: a streamed background gives only the seeded
+    subsample `kmeans_background` would draw from it in memory (the same rows, in the same
+    order), never all its rows."""
+    if not bg.lazy:
+        return bg.x
+    if len(bg) <= max_rows:
+        return bg.take(np.arange(len(bg)))
+    return bg.take(np.random.default_rng(seed).choice(len(bg), max_rows, replace=False))

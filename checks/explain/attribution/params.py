@@ -34,6 +34,10 @@ class AttributionParams(Params):
     randomization: bool = True
     randomization_steps: int = Field(4, ge=1, le=256, description="cascade points evaluated (top layer ... all layers)")
     randomization_abs: bool = Field(False, description="rank |attribution| instead of signed attribution")
+    implementation: Literal["fast", "library"] = Field(
+        "fast", description="fast: integrated_gradients and shap_gradient batched in plain torch (the same "
+                            "algorithm and points as Captum / SHAP, held equal to them); "
+                            "library: call Captum / SHAP")
 
     @field_validator("sensitive", mode="before")
     @classmethod

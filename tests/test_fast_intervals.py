@@ -1,0 +1,247 @@
+"""Intervals whose cost does not grow with resamples x N, each held to the row bootstrap
+they replace: DeLong's interval for ROC AUC (binary and macro one-vs-rest), Student's t
+interval for means (log loss, Brier), and the cell-count bootstrap of ECE and MCE.
+
+Coverage is simulated cheaply (a few hundred small test sets); the row bootstrap is the
+weight bootstrap of audit.stats (resampling weights x per-sample values), the method the
+fast intervals replace."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from scipy.stats import norm
+from sklearn.metrics import roc_auc_score
+
+from audit import stats
+from audit.context import Context, logits_to_proba
+from audit.dataset import Dataset, LoadedModel
+from audit.runner import Runner
+from audit.spec import parse_spec
+from checks.performance.calibration import BinnedCalibration
+from checks.performance.classification import RocAuc
+
+# ---- DeLong ------------------------------------------------------------------------------
+
+
+def _delong_variance_by_definition(score: np.ndarray, pos: np.ndarray) -> tuple[float, float]:
+    """DeLong et al. (1988) with the O(m n) kernel matrix: AUC and S10/m + S01/n."""
+    x, y = score[pos], score[~pos]
+    psi = (x[:, None] > y[None, :]) + 0.5 * (x[:, None] == y[None, :])
+    auc = psi.mean()
+    v10, v01 = psi.mean(axis=1), psi.mean(axis=0)
+    return float(auc), float(v10.var(ddof=1) / len(x) + v01.var(ddof=1) / len(y))
+
+
+@pytest.mark.parametrize("ties", [False, True])
+def test_auc_components_give_sklearn_auc_and_delong_variance(ties: bool) -> None:
+    rng = np.random.default_rng(0)
+    n = 400
+    pos = rng.random(n) < 0.35
+    score = rng.normal(size=n) + 0.8 * pos
+    if ties:
+        score = np.round(score, 1)
+    auc, comp = stats.auc_components(score, pos)
+    ref_auc, ref_var = _delong_variance_by_definition(score, pos)
+    assert auc == pytest.approx(roc_auc_score(pos, score), abs=1e-12) == pytest.approx(ref_auc)
+    assert float(np.sum(comp ** 2)) == pytest.approx(ref_var, rel=1e-10)
+
+
+def _binormal(rng: np.random.Generator, n: int, d: float, share: float) -> tuple[np.ndarray, np.ndarray]:
+    pos = rng.random(n) < share
+    return rng.normal(size=n) + d * pos, pos
+
+
+def test_delong_covers_the_true_auc_like_the_row_bootstrap() -> None:
+    """Binormal scores (true AUC = Phi(d / sqrt 2)), 300 test sets of n = 300: DeLong's
+    interval covers at about the nominal rate, as the row bootstrap does on the same sets."""
+    rng = np.random.default_rng(1)
+    d, n, reps = 1.0, 300, 300
+    truth = norm.cdf(d / math.sqrt(2))
+    hit_delong = hit_rows = 0
+    for _ in range(reps):
+        s, pos = _binormal(rng, n, d, 0.4)
+        m = stats.delong_auc([s], [pos], confidence=0.95)
+        b = stats.bootstrap_weighted(RocAuc(s, pos), n, confidence=0.95, rng=rng, n_resamples=400)
+        hit_delong += m.ci[0] <= truth <= m.ci[1]
+        hit_rows += b.ci[0] <= truth <= b.ci[1]
+    cov_d, cov_r = hit_delong / reps, hit_rows / reps
+    print(f"coverage DeLong {cov_d:.3f}, row bootstrap {cov_r:.3f}")
+    assert 0.91 <= cov_d <= 0.98, cov_d
+    assert abs(cov_d - cov_r) <= 0.04, (cov_d, cov_r)
+
+
+@pytest.mark.parametrize("k", [2, 5])
+def test_delong_endpoints_match_the_row_bootstrap(k: int) -> None:
+    """Binary and macro one-vs-rest (the AUCs share samples: covariances count): the
+    interval endpoints agree with 4,000 row-bootstrap resamples within 5% of its width."""
+    rng = np.random.default_rng(2 + k)
+    n = 3000
+    y = rng.integers(0, k, n)
+    logits = rng.normal(size=(n, k))
+    logits[np.arange(n), y] += 1.0
+    proba = logits_to_proba(logits)
+    cls = [1] if k == 2 else list(range(k))
+    m = stats.delong_auc([proba[:, c] for c in cls], [y == c for c in cls], confidence=0.95)
+    aucs = [RocAuc(proba[:, c], y == c) for c in cls]
+    b = stats.bootstrap_weighted(lambda w: np.mean([a(w) for a in aucs], axis=0), n, confidence=0.95,
+                                 rng=rng, n_resamples=4000)
+    ref = roc_auc_score(y, proba[:, 1]) if k == 2 else roc_auc_score(y, proba, multi_class="ovr")
+    assert m.value == pytest.approx(ref, abs=1e-12) == pytest.approx(b.value, abs=1e-12)
+    width = b.ci[1] - b.ci[0]
+    assert abs(m.ci[0] - b.ci[0]) < 0.05 * width and abs(m.ci[1] - b.ci[1]) < 0.05 * width, (m.ci, b.ci)
+
+
+def test_a_perfect_auc_keeps_a_hoeffding_interval_and_a_p_value() -> None:
+    pos = np.arange(40) % 2 == 0
+    score = pos + np.linspace(0, 0.1, 40)  # every positive above every negative
+    m = stats.delong_auc([score], [pos], confidence=0.95)
+    assert m.value == 1.0 and m.ci[1] == 1.0
+    half = stats.hoeffding_half_width((0.0, 1.0), 20, 0.95)  # 20 on the smaller side
+    assert m.ci[0] == pytest.approx(1.0 - half)
+    p = stats.p_wrong_side(m, "min", 0.5)
+    assert p is not None and 0.0 <= p < 0.025
+
+
+# ---- means ----------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("dist", ["exponential", "lognormal"])
+def test_the_t_interval_of_a_mean_covers_like_the_row_bootstrap(dist: str) -> None:
+    """Skewed per-sample values (losses are), 300 samples of n = 200: the t interval covers
+    the true mean at about the nominal rate, like the row bootstrap on the same samples."""
+    rng = np.random.default_rng(3)
+    reps, n = 300, 200
+    draw = {"exponential": lambda: rng.exponential(1.0, n), "lognormal": lambda: rng.lognormal(0.0, 0.75, n)}[dist]
+    truth = {"exponential": 1.0, "lognormal": math.exp(0.75 ** 2 / 2)}[dist]
+    hit_t = hit_rows = 0
+    for _ in range(reps):
+        v = draw()
+        m = stats.mean_interval(v, confidence=0.95)
+        b = stats.bootstrap_mean(v, confidence=0.95, rng=rng, n_resamples=400)
+        assert m.value == pytest.approx(v.mean())
+        hit_t += m.ci[0] <= truth <= m.ci[1]
+        hit_rows += b.ci[0] <= truth <= b.ci[1]
+    cov_t, cov_r = hit_t / reps, hit_rows / reps
+    print(f"{dist}: coverage t {cov_t:.3f}, row bootstrap {cov_r:.3f}")
+    assert 0.91 <= cov_t <= 0.98, cov_t
+    assert abs(cov_t - cov_r) <= 0.04, (cov_t, cov_r)
+
+
+def test_the_t_interval_matches_the_row_bootstrap_and_inverts_into_its_p_value() -> None:
+    rng = np.random.default_rng(4)
+    v = rng.exponential(0.3, 5000)
+    m = stats.mean_interval(v, confidence=0.95, bounds=(0.0, None))
+    b = stats.bootstrap_mean(v, confidence=0.95, rng=rng, n_resamples=4000)
+    width = b.ci[1] - b.ci[0]
+    assert abs(m.ci[0] - b.ci[0]) < 0.05 * width and abs(m.ci[1] - b.ci[1]) < 0.05 * width
+    # the one-sided p-value at an interval end is (1 - confidence) / 2: Holm tests what the interval shows
+    assert stats.p_wrong_side(m, "min", m.ci[0]) == pytest.approx(0.025, rel=1e-6)
+    assert stats.p_wrong_side(m, "max", m.ci[1]) == pytest.approx(0.025, rel=1e-6)
+
+
+def test_a_constant_bounded_mean_falls_back_to_hoeffding() -> None:
+    m = stats.mean_interval(np.zeros(50), confidence=0.95, bounds=(0.0, 2.0))
+    assert m.value == 0.0 and m.ci == pytest.approx((0.0, stats.hoeffding_half_width((0.0, 2.0), 50, 0.95)))
+    assert m.n == 50 and stats.p_wrong_side(m, "max", 1.0) < 0.025
+
+
+# ---- ECE / MCE as resampled cell counts ---------------------------------------------------------
+
+def _calibration_sample(rng: np.random.Generator, n: int) -> tuple[np.ndarray, np.ndarray]:
+    conf = rng.beta(5.0, 1.5, size=n)
+    correct = (rng.random(n) < 0.95 * conf).astype(np.float64)
+    return conf, correct
+
+
+@pytest.mark.parametrize("n", [500, 20_000])
+def test_cell_bootstrap_of_ece_and_mce_matches_the_row_bootstrap(n: int) -> None:
+    rng = np.random.default_rng(5)
+    conf, correct = _calibration_sample(rng, n)
+    b = BinnedCalibration(conf, correct, 15)
+    ece, mce = b.cell_draws(4000, rng)
+    for draws, stat in ((ece, b.ece), (mce, b.mce)):
+        ours = stats.percentile_ci(draws, 0.95)
+        rows = stats.bootstrap_weighted(stat, n, confidence=0.95, rng=rng, n_resamples=4000).ci
+        width = rows[1] - rows[0]
+        assert abs(ours[0] - rows[0]) < 0.1 * width and abs(ours[1] - rows[1]) < 0.1 * width, (ours, rows)
+
+
+def test_cell_bootstrap_of_ece_covers_like_the_row_bootstrap() -> None:
+    """200 test sets of n = 1,000 from one population: the cell bootstrap covers the
+    population's binned ECE as often as the row bootstrap does (both are percentile
+    intervals of a biased statistic: the point is that they agree)."""
+    rng = np.random.default_rng(6)
+    big = _calibration_sample(rng, 2_000_000)
+    truth = BinnedCalibration(*big, 15).ece(np.ones((1, big[0].size)))[0]
+    hit_cells = hit_rows = 0
+    reps, n = 200, 1000
+    for _ in range(reps):
+        b = BinnedCalibration(*_calibration_sample(rng, n), 15)
+        cells = stats.percentile_ci(b.cell_draws(1000, rng)[0], 0.95)
+        rows = stats.bootstrap_weighted(b.ece, n, confidence=0.95, rng=rng, n_resamples=400).ci
+        hit_cells += cells[0] <= truth <= cells[1]
+        hit_rows += rows[0] <= truth <= rows[1]
+    print(f"ECE coverage: cells {hit_cells / reps:.3f}, rows {hit_rows / reps:.3f}")
+    assert abs(hit_cells - hit_rows) / reps <= 0.05
+
+
+# ---- the checks ------------------------------------------------------------------------------------
+
+
+def _ctx(n: int, k: int, seed: int = 0) -> Context:
+    import torch
+
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, k, n)
+    x = rng.normal(size=(n, k)).astype(np.float32)
+    x[np.arange(n), y] += 1.5
+
+    class Identity(torch.nn.Module):
+        def forward(self, t: torch.Tensor) -> torch.Tensor:
+            return t * 1.0
+
+    ds = Dataset("test", x, y, "tabular", [f"c{i}" for i in range(k)])
+    return Context.from_objects({"test": ds}, LoadedModel(Identity(), "0" * 64, "test", "identity"))
+
+
+def _run(ctx: Context, checks: list[dict], **top) -> dict:
+    spec = parse_spec({"name": "t", "model": {"fixture": "in-memory"}, "data": {"test": {"fixture": "in-memory"}},
+                       "checks": checks, **top})
+    runner = Runner(spec, context=ctx)
+    for e in spec.checks:
+        runner.run_check(e)
+    return runner.finish().to_json()
+
+
+@pytest.mark.parametrize("k", [2, 4])
+def test_fast_and_row_bootstrap_intervals_agree_in_the_checks(k: int) -> None:
+    """performance.classification and performance.calibration: the same point estimates
+    and nearly the same intervals with `intervals: fast` (default) and `row_bootstrap`."""
+    ctx = _ctx(4000, k)
+    fast = _run(ctx, [{"id": "c", "check": "performance.classification"},
+                      {"id": "cal", "check": "performance.calibration"}])
+    rows = _run(ctx, [{"id": "c", "check": "performance.classification", "intervals": "row_bootstrap"},
+                      {"id": "cal", "check": "performance.calibration", "intervals": "row_bootstrap"}])
+    for cf, cr in zip(fast["checks"], rows["checks"]):
+        for name in ("roc_auc", "log_loss", "ece", "mce", "brier"):
+            if name not in cf["metrics"]:
+                continue
+            f, r = cf["metrics"][name], cr["metrics"][name]
+            assert f["value"] == pytest.approx(r["value"], abs=1e-12) and f["n"] == r["n"] == 4000
+            width = r["ci"][1] - r["ci"][0]
+            assert abs(f["ci"][0] - r["ci"][0]) < 0.12 * width and abs(f["ci"][1] - r["ci"][1]) < 0.12 * width, \
+                (name, f, r)
+
+
+def test_holm_gets_p_values_from_the_fast_intervals() -> None:
+    res = _run(_ctx(3000, 3), [{"id": "c", "check": "performance.classification",
+                                "thresholds": {"roc_auc": {"min": 0.6}, "log_loss": {"max": 2.0}}},
+                               {"id": "cal", "check": "performance.calibration",
+                                "thresholds": {"brier": {"max": 1.5}, "ece": {"max": 0.5}}}],
+               familywise="holm")
+    for c in res["checks"]:
+        for t in c["thresholds"]:
+            assert t["p_value"] is not None and t["p_value"] < 0.01, t
+            assert t["status"] == "pass" and t["p_holm"] is not None
