@@ -14,8 +14,9 @@ logits of every iterate are computed anyway for its gradient, so this costs no p
 makes the reported robust accuracy a tighter upper bound. With `early_stop` (default) a
 sample fooled at some iterate is attacked no further: what is reported for it (that
 first fooling iterate and its predicted class) is the same, and its remaining passes are
-saved. The result carries the predicted class of every returned point the loop already
-classified, so that the caller need not predict them again.
+saved; so are those of a sample whose step left it where it was (a fixed point: every
+later step would repeat the same pass). The result carries the predicted class of every
+returned point the loop already classified, so that the caller need not predict them again.
 
 Linf steps clamp the perturbation to `[max(x - eps*scale, lo) - x, min(x + eps*scale, hi)
 - x]` (one in-place clamp per step; the same set as clipping the perturbation and then the
@@ -175,11 +176,30 @@ def _pgd_batch(forward: Forward, count_backward: Counter, x: torch.Tensor, y: to
                 if early_stop:
                     keep = ~newly
                     active, xs, ys, delta, grad = active[keep], xs[keep], ys[keep], delta[keep], grad[keep]
+                    p = p[keep]
                     if box is not None:
                         box = (box[0][keep], box[1][keep])
                     if active.numel() == 0:
                         break
-            delta = geo.advance(xs, delta, grad, step_size, box)
+            if early_stop:
+                before = delta.clone()
+                delta = geo.advance(xs, delta, grad, step_size, box)
+                # An unfooled sample whose step left it in place (every coordinate at the bound the
+                # gradient pushes it to) has reached a fixed point: every later step would run the
+                # same pass again. It leaves the batch with that point, never fooled, and with the
+                # class this step's forward gave that very point (the caller need not predict it).
+                still = (delta == before).flatten(1).all(dim=1)
+                if bool(still.any()) and t + 1 < steps:
+                    rows = active[still]
+                    best[rows], pred[rows] = xs[still] + delta[still], p[still]
+                    keep = ~still
+                    active, xs, ys, delta = active[keep], xs[keep], ys[keep], delta[keep]
+                    if box is not None:
+                        box = (box[0][keep], box[1][keep])
+                    if active.numel() == 0:
+                        break
+            else:
+                delta = geo.advance(xs, delta, grad, step_size, box)
     rest = active if early_stop else torch.nonzero(~found).flatten()
     if rest.numel():
         best[rest] = (xs + delta) if early_stop else (x + delta)[rest]
