@@ -15,8 +15,9 @@ makes the reported robust accuracy a tighter upper bound. With `early_stop` (def
 sample fooled at some iterate is attacked no further: what is reported for it (that
 first fooling iterate and its predicted class) is the same, and its remaining passes are
 saved; so are those of a sample whose path has become periodic (its step left it where it
-was, or took it back to the previous iterate: every later step would repeat a pass). The result carries the predicted class of every
-returned point the loop already classified, so that the caller need not predict them again.
+was, or took it back to the previous iterate: every later step would repeat a pass). The
+result carries the predicted class of every returned point the loop already classified,
+so that the caller need not predict them again.
 
 Linf steps clamp the perturbation to `[max(x - eps*scale, lo) - x, min(x + eps*scale, hi)
 - x]` (one in-place clamp per step; the same set as clipping the perturbation and then the
