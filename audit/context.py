@@ -432,7 +432,16 @@ class _RowCache:
 
     def add(self, kind: tuple[Any, ...], h1: np.ndarray, h2: np.ndarray, logits: np.ndarray) -> None:
         order = np.argsort(h1, kind="stable")
-        self.blocks.setdefault(kind, []).append((h1[order], h2[order], logits[order]))
+        blocks = self.blocks.setdefault(kind, [])
+        blocks.append((h1[order], h2[order], logits[order]))
+        # A block no smaller than half the one before it is merged into it (size tiers, as a
+        # binary counter): O(log) blocks to search per lookup however many inputs were run,
+        # where one block per input makes a long run of small inputs quadratic.
+        while len(blocks) > 1 and 2 * len(blocks[-1][0]) >= len(blocks[-2][0]):
+            (a1, a2, al), (b1, b2, bl) = blocks[-2], blocks.pop()
+            k1 = np.concatenate([a1, b1])
+            order = np.argsort(k1, kind="stable")  # two sorted runs: a merge
+            blocks[-1] = (k1[order], np.concatenate([a2, b2])[order], np.concatenate([al, bl])[order])
 
     def infer(self, ctx: Context, x: Any, what: str) -> np.ndarray:
         arr = x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)

@@ -54,3 +54,23 @@ def test_derived_inputs_run_only_rows_never_run_before() -> None:
     t = torch.as_tensor(again)  # a tensor input (an attack's points) works the same way
     np.testing.assert_allclose(ctx.cached_logits("c", lambda: t), out, rtol=0, atol=0)
     assert ctx.forward_samples == 300 + 25 + 2
+
+
+def test_many_small_inputs_keep_few_blocks_and_find_every_row() -> None:
+    """Sixty derived inputs of 7 rows each (every other one repeating an earlier input's
+    rows): the row store merges its blocks by size tiers, and every row run before is
+    still found."""
+    ctx, ref = _ctx(), _ctx()
+    rng = np.random.default_rng(1)
+    inputs: list[np.ndarray] = []
+    expected = 0
+    for i in range(60):
+        x = inputs[i - 1][::-1].copy() if i % 2 else rng.normal(size=(7, 4)).astype(np.float32)
+        expected += 0 if i % 2 else 7
+        inputs.append(x)
+        np.testing.assert_allclose(ctx.cached_logits(f"k{i}", lambda x=x: x), ref.infer(x), rtol=1e-6, atol=1e-7)
+    assert ctx.forward_samples == expected
+    assert len(ctx._rows.blocks[("<f4", (4,))]) <= 7  # log2(60 inputs) + 1, not 60
+    again = np.concatenate(inputs[::5])
+    ctx.cached_logits("all", lambda: again)
+    assert ctx.forward_samples == expected
