@@ -14,8 +14,10 @@ logits of every iterate are computed anyway for its gradient, so this costs no p
 makes the reported robust accuracy a tighter upper bound. With `early_stop` (default) a
 sample fooled at some iterate is attacked no further: what is reported for it (that
 first fooling iterate and its predicted class) is the same, and its remaining passes are
-saved. The result carries the predicted class of every returned point the loop already
-classified, so that the caller need not predict them again.
+saved; so are those of a sample whose path has become periodic (its step left it where it
+was, or took it back to the previous iterate: every later step would repeat a pass). The
+result carries the predicted class of every returned point the loop already classified,
+so that the caller need not predict them again.
 
 Linf steps clamp the perturbation to `[max(x - eps*scale, lo) - x, min(x + eps*scale, hi)
 - x]` (one in-place clamp per step; the same set as clipping the perturbation and then the
@@ -135,6 +137,40 @@ class _Geometry:
         return self.project(x, self.step(delta, grad, step_size))
 
 
+def _leave_cycles(active: torch.Tensor, xs: torch.Tensor, ys: torch.Tensor, delta: torch.Tensor,
+                  box: tuple[torch.Tensor, torch.Tensor] | None, before: torch.Tensor, p: torch.Tensor,
+                  prev: torch.Tensor | None, p_prev: torch.Tensor | None, best: torch.Tensor,
+                  pred: torch.Tensor, t: int, steps: int,
+                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
+                             tuple[torch.Tensor, torch.Tensor] | None, torch.Tensor, torch.Tensor]:
+    """Early stop for unfooled samples whose path has become periodic. PGD is deterministic
+    in the iterate, so a sample whose next perturbation equals the current one (a fixed
+    point: every coordinate at the bound its gradient pushes it to) or the previous one (a
+    2-cycle: sign steps flipping back and forth) would run the same passes again until the
+    last step and never be fooled (each iterate of the cycle has been classified, unfooled).
+    It leaves the batch with the point the full run would end at (the cycle's iterate at
+    step `steps`, by parity) and the class this loop gave that point. Returns the filtered
+    batch and (current perturbation, class) as the next step's `prev`, `p_prev`."""
+    if t + 1 >= steps:  # the last step: the loop ends anyway
+        return active, xs, ys, delta, box, before, p
+    same = (delta == before).flatten(1).all(dim=1)
+    back = torch.zeros_like(same) if prev is None else (delta == prev).flatten(1).all(dim=1) & ~same
+    leave = same | back
+    if bool(leave.any()):
+        # a 2-cycle alternates delta_{t+1} (= delta_{t-1}) and delta_t: at step `steps` it is at
+        # delta_{t+1} when steps - (t + 1) is even, else at delta_t
+        at_next = same | (back & ((steps - t - 1) % 2 == 0))
+        end_delta = torch.where(at_next.view(-1, *[1] * (delta.dim() - 1)), delta, before)
+        end_class = p if p_prev is None else torch.where(same | ~at_next, p, p_prev)
+        rows = active[leave]
+        best[rows], pred[rows] = xs[leave] + end_delta[leave], end_class[leave]
+        keep = ~leave
+        active, xs, ys, delta, before, p = active[keep], xs[keep], ys[keep], delta[keep], before[keep], p[keep]
+        if box is not None:
+            box = (box[0][keep], box[1][keep])
+    return active, xs, ys, delta, box, before, p
+
+
 def _pgd_batch(forward: Forward, count_backward: Counter, x: torch.Tensor, y: torch.Tensor,
                geo: _Geometry, steps: int, step_size: float, random_start: bool,
                generator: torch.Generator | None, bad_grad: torch.Tensor | None, early_stop: bool = True,
@@ -150,6 +186,9 @@ def _pgd_batch(forward: Forward, count_backward: Counter, x: torch.Tensor, y: to
     pred = torch.full((n,), -1, dtype=torch.long, device=x.device)
     active = torch.arange(n, device=x.device)  # rows of the batch still attacked
     xs, ys = x, y
+    # the previous iterate's perturbation and class (early stop: a sample back at it is in a 2-cycle)
+    prev: torch.Tensor | None = None
+    p_prev: torch.Tensor | None = None
     fwd = bwd = 0
     for t in range(steps):
         m = int(xs.shape[0])
@@ -175,11 +214,22 @@ def _pgd_batch(forward: Forward, count_backward: Counter, x: torch.Tensor, y: to
                 if early_stop:
                     keep = ~newly
                     active, xs, ys, delta, grad = active[keep], xs[keep], ys[keep], delta[keep], grad[keep]
+                    p = p[keep]
+                    if prev is not None and p_prev is not None:
+                        prev, p_prev = prev[keep], p_prev[keep]
                     if box is not None:
                         box = (box[0][keep], box[1][keep])
                     if active.numel() == 0:
                         break
-            delta = geo.advance(xs, delta, grad, step_size, box)
+            if early_stop:
+                before = delta.clone()
+                delta = geo.advance(xs, delta, grad, step_size, box)
+                active, xs, ys, delta, box, prev, p_prev = _leave_cycles(
+                    active, xs, ys, delta, box, before, p, prev, p_prev, best, pred, t, steps)
+                if active.numel() == 0:
+                    break
+            else:
+                delta = geo.advance(xs, delta, grad, step_size, box)
     rest = active if early_stop else torch.nonzero(~found).flatten()
     if rest.numel():
         best[rest] = (xs + delta) if early_stop else (x + delta)[rest]

@@ -78,6 +78,7 @@ class Context:
         self._derived: dict[tuple[str, str], np.ndarray] = {}
         # rows of a dataset predicted so far by `logits_rows`: (done mask, logits)
         self._partial: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        self._rows = _RowCache()
         self._memo: dict[tuple[Any, ...], Any] = {}
         self.execution = spec.execution
         self._engine: Any = None  # audit.engines.RayEngine once started
@@ -265,10 +266,18 @@ class Context:
     # ---- cached outputs per dataset --------------------------------------------------------
     def cached_logits(self, key: str, make_input: Callable[[], np.ndarray], label: str | None = None) -> np.ndarray:
         """Logits for a derived input (a corruption, an attack's result), computed once per
-        key; `label` is what the progress display calls it."""
+        key; `label` is what the progress display calls it. Rows whose exact bytes were run
+        before (a row of a predicted dataset, of an earlier derived input: an image a
+        corruption left unchanged, two severities that coincide) are not run again."""
         if key not in self._logits:
-            self._logits[key] = self.infer(make_input(), what=label or key)
+            self._logits[key] = self.infer_once(make_input(), what=label or key)
         return self._logits[key]
+
+    def infer_once(self, x: np.ndarray | torch.Tensor, *, what: str = "inference") -> np.ndarray:
+        """Counted logits of the audited model on an input, running only the rows whose exact
+        bytes it has not run before (in a predicted dataset, an earlier derived input, or
+        this input): no pass twice."""
+        return self._rows.infer(self, x, what=what)
 
     def logits(self, name: str) -> np.ndarray:
         """(N, K) logits of dataset `name`, computed once. For a token-classification
@@ -733,6 +742,95 @@ def _chunked(logits: np.ndarray, fn: Callable[[np.ndarray], np.ndarray]) -> np.n
     if len(logits) <= _CHUNK_ROWS:
         return fn(logits)
     return np.concatenate([fn(logits[s:s + _CHUNK_ROWS]) for s in range(0, len(logits), _CHUNK_ROWS)])
+
+
+class _RowCache:
+    """The audited model's logits by input row content, for `Context.cached_logits`: blocks
+    of rows already run (each derived input; a predicted dataset, registered on the first
+    lookup of rows of its shape), each with two 64-bit hashes per row (pandas' row hash
+    and a linear hash of the row's 8-byte words: both must match) sorted for lookup."""
+
+    def __init__(self) -> None:
+        self.blocks: dict[tuple[Any, ...], list[tuple[np.ndarray, np.ndarray, np.ndarray]]] = {}
+        self.datasets: set[str] = set()
+
+    @staticmethod
+    def keys(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        import pandas as pd
+
+        raw = np.ascontiguousarray(x).reshape(x.shape[0], -1).view(np.uint8)
+        pad = (-raw.shape[1]) % 8
+        if pad:
+            raw = np.concatenate([raw, np.zeros((raw.shape[0], pad), np.uint8)], axis=1)
+        words = np.ascontiguousarray(raw).view(np.uint64)
+        h1 = pd.util.hash_pandas_object(pd.DataFrame(words, copy=False), index=False).to_numpy()
+        mult = np.arange(1, 2 * words.shape[1], 2, dtype=np.uint64) * np.uint64(0x9E3779B97F4A7C15)
+        return h1, words @ mult
+
+    def add(self, kind: tuple[Any, ...], h1: np.ndarray, h2: np.ndarray, logits: np.ndarray) -> None:
+        order = np.argsort(h1, kind="stable")
+        blocks = self.blocks.setdefault(kind, [])
+        blocks.append((h1[order], h2[order], logits[order]))
+        # A block no smaller than half the one before it is merged into it (size tiers, as a
+        # binary counter): O(log) blocks to search per lookup however many inputs were run,
+        # where one block per input makes a long run of small inputs quadratic.
+        while len(blocks) > 1 and 2 * len(blocks[-1][0]) >= len(blocks[-2][0]):
+            (a1, a2, al), (b1, b2, bl) = blocks[-2], blocks.pop()
+            k1 = np.concatenate([a1, b1])
+            order = np.argsort(k1, kind="stable")  # two sorted runs: a merge
+            blocks[-1] = (k1[order], np.concatenate([a2, b2])[order], np.concatenate([al, bl])[order])
+
+    def infer(self, ctx: Context, x: Any, what: str) -> np.ndarray:
+        arr = x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
+        n = arr.shape[0]
+        if n == 0 or arr.dtype == object:
+            return ctx.infer(x, what=what)
+        kind = (arr.dtype.str, arr.shape[1:])
+        for name, lg in list(ctx._logits.items()):  # predicted datasets of this shape, once each
+            if name not in self.datasets and ctx._data.has(name) and name in ctx._data.loaded:
+                ds = ctx._data.loaded[name]
+                # a streamed dataset's rows stay on disk, and token data's cached logits are
+                # word-level (not the model's output per input row): neither is registered
+                if ds.lazy or ds.kind == "tokens":
+                    continue
+                if hasattr(ds.x, "dtype") and (ds.x.dtype.str, ds.x.shape[1:]) == kind:
+                    self.add(kind, *self.keys(ds.x), lg)
+                    self.datasets.add(name)
+        h1, h2 = self.keys(arr)
+        out: np.ndarray | None = None
+        found = np.zeros(n, bool)
+        for k1, k2, lg in self.blocks.get(kind, []):
+            pos = np.minimum(np.searchsorted(k1, h1), len(k1) - 1)
+            hit = ~found & (k1[pos] == h1) & (k2[pos] == h2)
+            if hit.any():
+                if out is None:
+                    out = np.empty((n,) + lg.shape[1:], lg.dtype)
+                out[hit] = lg[pos[hit]]
+                found |= hit
+        # rows repeated within this input run once
+        _, first, inverse = np.unique(np.stack([h1, h2], axis=1), axis=0, return_index=True, return_inverse=True)
+        inverse = inverse.ravel()
+        run = np.zeros(n, bool)
+        run[first] = True
+        run &= ~found
+        if run.any():
+            rows = np.flatnonzero(run)
+            if run.all():
+                sub = x
+            elif isinstance(x, torch.Tensor):
+                sub = x[torch.as_tensor(rows, device=x.device)]
+            else:
+                sub = arr[rows]
+            part = ctx.infer(sub, what=what)
+            if out is None:
+                out = np.empty((n,) + part.shape[1:], part.dtype)
+            out[rows] = part
+            found |= run
+        rest = ~found  # repeats of a row run in this very call
+        if rest.any():
+            out[rest] = out[first[inverse[rest]]]
+        self.add(kind, h1, h2, out)
+        return out
 
 
 class _Counting(torch.nn.Module):

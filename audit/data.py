@@ -579,6 +579,10 @@ def _sensitive_strings(values: Any) -> np.ndarray:
     """Group labels as strings; a missing value is its own group, 'missing'."""
     import pandas as pd
 
+    if isinstance(values, np.ndarray) and values.dtype.kind == "U":
+        # a fixed-width string array holds no missing value: as it is (the object round trip
+        # costs ~0.4 s per attribute at 10^6 rows)
+        return values
     arr = np.asarray(values, dtype=object)
     return np.where(pd.isna(arr), "missing", arr).astype(str)
 

@@ -13,10 +13,13 @@ layers, bump it):
   with the same gradient at the output (the same loss or target: the same input
   gradient), e.g. FGSM's gradient at the clean input recomputed for every eps.
 
-What the checks need = what ran minus the repeats, except in checks whose measurement is
-repetition itself (efficiency.latency times the same batch again and again;
-training.reproducibility re-runs inference to compare), and in training (modules in
-train mode). Printed per check, with the totals the audit counted (provenance.compute).
+What the checks need = what ran minus the repeats, except where the measurement is
+repetition itself: every call inside `Context.time_calls` (efficiency.latency, and the
+float32/int8 timing of efficiency.quantization, time the same batch again and again),
+training.reproducibility (re-runs inference to compare), and training (modules in train
+mode). A module is keyed by its identity, and every module seen is kept alive so that no
+later module (the int8 check's float32 copy, its quantized copy) can reuse a freed id and
+pass for it. Printed per check, with the totals the audit counted (provenance.compute).
 Run it from another checkout with PYTHONPATH=that/checkout for a "before" column.
 """
 
@@ -58,8 +61,11 @@ class Observer:
         self.seen_fwd: set[tuple[Any, int]] = set()
         self.seen_bwd: set[tuple[Any, int, int]] = set()
         self.stats: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
+        self.timing = 0  # depth of Context.time_calls: timed repetition is the measurement
+        self.alive: dict[int, nn.Module] = {}  # no id reused by a later module
 
     def key(self, module: nn.Module) -> tuple[int, tuple[int, ...]]:
+        self.alive.setdefault(id(module), module)
         return id(module), tuple(p._version for p in module.parameters())
 
     def repeats(self, keys: list[Any], seen: set) -> np.ndarray:
@@ -80,7 +86,7 @@ class Observer:
             return
         n = int(args[0].shape[0])
         s = self.stats[self.check]
-        intended = self.kind in INTENDED or module.training
+        intended = self.kind in INTENDED or module.training or self.timing > 0
         mkey = self.key(module)
         h = row_hashes(args[0])
         if out.requires_grad:
@@ -117,6 +123,18 @@ def main() -> None:
     os.environ.setdefault("AUDIT_CACHE_DIR", str(Path(tempfile.gettempdir()) / "audit-bench-cache"))
     spec = load_spec(Path(str(resources.files("fixtures") / DEMOS[args.spec])))
     obs = Observer()
+    from audit.context import Context
+
+    time_calls = Context.time_calls
+
+    def timed(self: Context, *a: Any, **k: Any) -> Any:
+        obs.timing += 1
+        try:
+            return time_calls(self, *a, **k)
+        finally:
+            obs.timing -= 1
+
+    Context.time_calls = timed  # type: ignore[method-assign]
     h1 = nn.modules.module.register_module_forward_pre_hook(obs.pre)
     h2 = nn.modules.module.register_module_forward_hook(obs.post)
     t0 = time.perf_counter()
@@ -135,6 +153,7 @@ def main() -> None:
     finally:
         h1.remove()
         h2.remove()
+        Context.time_calls = time_calls  # type: ignore[method-assign]
     counted = results["provenance"]["compute"]
     fwd, bwd = counted["forward_samples"] - f0, counted["backward_samples"] - b0
     rows = []

@@ -8,10 +8,14 @@ import pytest
 import torch
 from fairlearn.metrics import (
     MetricFrame,
+    count,
     demographic_parity_difference,
     demographic_parity_ratio,
     equal_opportunity_difference,
     equalized_odds_difference,
+    false_positive_rate,
+    selection_rate,
+    true_positive_rate,
 )
 from sklearn.metrics import accuracy_score
 
@@ -28,6 +32,7 @@ from checks.fairness.group_gaps import (
     count_rates,
     gaps,
     group_counts,
+    group_rates,
     make_groups,
 )
 
@@ -94,6 +99,29 @@ def test_gaps_equal_fairlearn(biased_run) -> None:
         lo, hi = m.metrics[k].ci
         assert lo <= m.metrics[k].value <= hi, k
     assert m.metrics["demographic_parity_difference"].value > 0.15  # the planted gap is visible
+
+
+def test_group_rates_equal_fairlearn_metricframe_on_rows() -> None:
+    """The per-group table (rates computed from the count cells) is fairlearn's MetricFrame
+    on the rows, intersectional groups included; undefined TPR/FPR are NaN, not 0."""
+    import pandas as pd
+
+    ds = biased_data(3000, seed=7)
+    y = ds.y.copy()
+    y[(ds.sensitive["sex"] == "Female") & (ds.sensitive["race"] == ds.sensitive["race"][0])] = 0
+    p = (np.random.default_rng(7).random(len(y)) < 0.4).astype(np.int64)
+    groups = make_groups(ds, ["sex", "race"])
+    ours = group_rates(group_counts(groups.codes, y, p, len(groups.keys)))
+    mf = MetricFrame(metrics={"size": count, "base_rate": lambda t, _: float(np.mean(t)),
+                              "selection_rate": selection_rate, "tpr": true_positive_rate,
+                              "fpr": false_positive_rate, "accuracy": accuracy_score},
+                     y_true=y, y_pred=p, sensitive_features=pd.DataFrame(ds.sensitive)[["sex", "race"]])
+    ref = mf.by_group.loc[pd.MultiIndex.from_tuples(groups.keys)].astype(np.float64).to_numpy()
+    undefined = ~np.isfinite(ours.to_numpy())
+    assert undefined[:, list(ours.columns).index("tpr")].any()  # the planted group without positives
+    assert np.all(ref[undefined] == 0)  # fairlearn's 0 for an undefined rate
+    np.testing.assert_allclose(ours.to_numpy()[~undefined], ref[~undefined], rtol=0, atol=1e-12)
+    assert list(ours.columns) == ["size", "base_rate", "selection_rate", "tpr", "fpr", "accuracy"]
 
 
 def test_count_bootstrap_agrees_with_row_bootstrap(biased_run) -> None:

@@ -85,7 +85,8 @@ def deletion_curves(ctx: Context, params: AttributionParams, ds: Dataset, x: np.
             mask = removed[:, :, index]                                        # (m, steps, elements)
             batch.append(np.where(mask, bf[sl][:, None], xf[sl][:, None]))
         pert = np.stack(batch).reshape((-1,) + x.shape[1:]).astype(np.float32)
-        proba = logits_to_proba(ctx.infer(pert, what="Deletion curves"))
+        # removing a patch that already equals the baseline leaves the input unchanged: not run again
+        proba = logits_to_proba(ctx.infer_once(pert, what="Deletion curves"))
         t = np.broadcast_to(target[sl][None, :, None], (len(order_rank), m, len(run))).ravel()
         pt = proba[np.arange(len(t)), t].reshape(len(order_rank), m, len(run))
         curves[:, sl, 1:1 + len(run)] = pt / np.maximum(p0[sl], 1e-12)[None, :, None]
