@@ -135,6 +135,9 @@ def _factorize(values: np.ndarray) -> tuple[np.ndarray, list[str]]:
 def make_groups(ds: Dataset, attrs: list[str]) -> Groups:
     check_attributes(ds, attrs)
     per_attr = [_factorize(ds.sensitive[a]) for a in attrs]
+    if len(per_attr) == 1:  # one attribute: every label was observed, its codes are the groups
+        codes, labels = per_attr[0]
+        return Groups(list(attrs), [(label,) for label in labels], codes)
     combined = np.zeros(len(ds), np.int64)
     for codes, labels in per_attr:  # mixed-radix code of the value combination
         combined = combined * len(labels) + codes
@@ -172,7 +175,9 @@ def check_attributes(ds: Dataset, attrs: list[str]) -> None:
 
 def group_counts(codes: np.ndarray, y_bin: np.ndarray, p_bin: np.ndarray, n_groups: int) -> np.ndarray:
     """(G, 2, 2) counts: [group, true is positive, predicted positive]."""
-    idx = codes.astype(np.int64) * 4 + y_bin.astype(np.int64) * 2 + p_bin.astype(np.int64)
+    idx = codes.astype(np.int64, copy=False) * 4
+    idx += y_bin.astype(np.int64, copy=False) * 2
+    idx += p_bin.astype(np.int64, copy=False)
     return np.bincount(idx, minlength=n_groups * 4).reshape(n_groups, 2, 2)
 
 
