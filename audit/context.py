@@ -321,6 +321,11 @@ class Context:
         """Counted logits of some rows of a dataset; a model that cannot take them is one
         clear ModelError."""
         x = ds.take(rows)
+        return self._infer_dataset(ds, x)
+
+    def _infer_dataset(self, ds: Dataset, x: Any) -> np.ndarray:
+        """Counted logits of (rows of) a dataset; a model that cannot take them is one clear
+        ModelError naming the dataset."""
         try:
             return self.infer(x, what=f"Predicting '{ds.name}' ({len(x):,} samples)")
         except ModelError:
@@ -337,15 +342,8 @@ class Context:
         if ds.lazy:
             self._stream(name, model=True, capture=capture)
             return
-        try:
-            with _capture_head(self.model.module, ds.n_classes, enabled=capture) as grab:
-                out = self.infer(ds.x, what=f"Predicting '{name}' ({len(ds):,} samples)")
-        except ModelError:
-            raise
-        except (RuntimeError, ValueError, IndexError, TypeError) as exc:
-            raise self._cannot_take(ds, exc) from None
-        except Exception as exc:  # noqa: BLE001 - the model's own code raised: its error, in one line
-            raise self._raised(ds, exc) from None
+        with _capture_head(self.model.module, ds.n_classes, enabled=capture) as grab:
+            out = self._infer_dataset(ds, ds.x)
         self._validate_output(ds, out)
         if ds.kind == "tokens":  # word-level: each word's first sub-token (the HF convention)
             from audit.tokens import gather_words

@@ -1298,8 +1298,6 @@ def _image_meta(path: Path, folder: _ImageFolder) -> dict[str, Any]:
 
 
 def _load_image_folder(src: _Source, name: str, entry: DataEntry, path: Path, where: str) -> Dataset:
-    from PIL import Image, UnidentifiedImageError
-
     folder, notices = _scan_image_folder(name, entry, path, where, lambda nbytes: _streams(src, name, nbytes))
     h, w = folder.size
     channels = 1 if folder.mode == "L" else 3
@@ -1314,17 +1312,9 @@ def _load_image_folder(src: _Source, name: str, entry: DataEntry, path: Path, wh
                      notices=notices)
         _record_order(name, order, ds.meta, ds.notices)
         return ds
-    x = np.empty((len(folder.files), h, w) + (() if folder.mode == "L" else (3,)), dtype=np.uint8)
-    for i, f in enumerate(folder.files):
-        try:
-            with Image.open(f) as im:
-                im = im.convert(folder.mode)
-                if im.size != (w, h):
-                    im = im.resize((w, h), Image.Resampling.BILINEAR)
-                x[i] = np.asarray(im, dtype=np.uint8)
-        except (UnidentifiedImageError, OSError, Image.DecompressionBombError, zlib.error) as exc:
-            raise DataError(f"cannot read image {f}: {exc}", where=where) from None
-    x = x[:, None] if x.ndim == 3 else x.transpose(0, 3, 1, 2)
+    from audit.lazy import decode_images
+
+    x = decode_images(folder.files, (h, w), folder.mode, where)
     # every sub-folder is a class, even an empty one, so indices match the train folder
     y, order = _Labels(src, name, where, entry.path or path.name).by_name(
         np.array(folder.labels), also=folder.class_names, what="class folders")

@@ -630,6 +630,25 @@ class NpzPart(Part):
 
 
 # ---- images ----------------------------------------------------------------------------
+def decode_images(paths: Sequence[Any], size: tuple[int, int], mode: str, where: str) -> np.ndarray:
+    """(n, C, H, W) uint8 images, converted to `mode` and resized to `size` (H, W) as the
+    in-memory loader does; an unreadable file is one DataError naming it."""
+    from PIL import Image, UnidentifiedImageError
+
+    h, w = size
+    x = np.empty((len(paths), h, w) + (() if mode == "L" else (3,)), dtype=np.uint8)
+    for i, f in enumerate(paths):
+        try:
+            with Image.open(f) as im:
+                im = im.convert(mode)
+                if im.size != (w, h):
+                    im = im.resize((w, h), Image.Resampling.BILINEAR)
+                x[i] = np.asarray(im, dtype=np.uint8)
+        except (UnidentifiedImageError, OSError, Image.DecompressionBombError, zlib.error) as exc:
+            raise DataError(f"cannot read image {f}: {exc}", where=where) from None
+    return x[:, None] if x.ndim == 3 else x.transpose(0, 3, 1, 2)
+
+
 class ImagePart(Part):
     """Image files decoded on demand, converted and resized as the in-memory loader does."""
 
@@ -641,21 +660,7 @@ class ImagePart(Part):
         self.where = where
 
     def _decode(self, paths: Sequence[str]) -> np.ndarray:
-        from PIL import Image, UnidentifiedImageError
-
-        h, w = self.size
-        x = np.empty((len(paths), h, w) + (() if self.mode == "L" else (3,)), dtype=np.uint8)
-        for i, f in enumerate(paths):
-            try:
-                with Image.open(f) as im:
-                    im = im.convert(self.mode)
-                    if im.size != (w, h):
-                        im = im.resize((w, h), Image.Resampling.BILINEAR)
-                    x[i] = np.asarray(im, dtype=np.uint8)
-            except (UnidentifiedImageError, OSError, Image.DecompressionBombError, zlib.error) as exc:
-                raise DataError(f"cannot read image {f}: {exc}", where=self.where) from None
-        x = x[:, None] if x.ndim == 3 else x.transpose(0, 3, 1, 2)
-        return x.astype(np.float32) / 255.0
+        return decode_images(paths, self.size, self.mode, self.where).astype(np.float32) / 255.0
 
     def read(self, start: int, stop: int) -> np.ndarray:
         return self._decode(self.files[start:stop])

@@ -348,3 +348,25 @@ def test_grayscale_and_colour_images_load_as_colour(tmp_path: Path) -> None:
     Image.fromarray(np.zeros((5, 5, 3), dtype=np.uint8)).save(root / "a" / "rgb.png")
     ds = load(tmp_path, {"path": "gray"})
     assert ds.x.shape == (2, 3, 5, 5)
+
+
+def test_a_streamed_image_folder_reads_what_the_in_memory_load_holds(tmp_path: Path) -> None:
+    """`execution: {engine: streaming}` decodes an image folder in batches on demand: the
+    same inputs (resized, grayscale made colour), labels, classes and content hash as
+    loading it whole."""
+    from audit.context import Context
+    from audit.spec import parse_spec
+
+    root = image_folder(tmp_path / "imgs", {"cat": [(8, 8)] * 5, "dog": [(8, 8), (6, 9), (8, 8)]})
+    Image.fromarray(np.full((8, 8), 77, dtype=np.uint8)).save(root / "dog" / "gray.png")
+    entry = {"path": "imgs", "image_size": [8, 8]}
+    whole = load(tmp_path, entry)
+    raw = {"name": "t", "seed": 0, "device": "cpu", "model": {"fixture": "digits-cnn"},
+           "data": {"test": entry}, "checks": [], "execution": {"engine": "streaming"}}
+    streamed = Context(parse_spec(raw, check_registry=False, base_dir=tmp_path)).dataset("test")
+    assert streamed.lazy and not whole.lazy
+    assert streamed.x.shape == whole.x.shape == (9, 3, 8, 8)
+    np.testing.assert_array_equal(streamed.take(np.arange(9)), whole.x)
+    np.testing.assert_array_equal(streamed.take(np.array([7, 2])), whole.x[[7, 2]])  # any order
+    assert streamed.y.tolist() == whole.y.tolist() and streamed.classes == whole.classes == ["cat", "dog"]
+    assert streamed.sha256 == whole.sha256
