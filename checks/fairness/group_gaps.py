@@ -99,10 +99,13 @@ def _fixed_width_codes(values: np.ndarray) -> tuple[np.ndarray, list[str]] | Non
     w = words.shape[1]
     keys = _HASH_KEYS[np.arange(w) % len(_HASH_KEYS)] * (np.arange(w, dtype=np.uint64)[:, None] * 2 + 1)
     h = words @ keys  # (n, 2), wraps modulo 2^64
-    codes, uniques = pd.factorize(h[:, 0])
-    first = np.empty(len(uniques), np.int64)
-    first[codes[::-1]] = np.arange(n - 1, -1, -1)  # the last write is each code's first row
-    if not np.array_equal(h[:, 1], h[first[codes], 1]):
+    codes, _ = pd.factorize(h[:, 0])
+    # factorize numbers values in order of first appearance: the running maximum of the
+    # codes steps up exactly at each value's first row (one sequential pass)
+    top = np.maximum.accumulate(codes)
+    first = np.concatenate([[0], np.flatnonzero(top[1:] != top[:-1]) + 1]) if n else np.zeros(0, np.int64)
+    second = np.ascontiguousarray(h[:, 1])
+    if not np.array_equal(second, second[first][codes]):
         return None
     return codes.astype(np.int64), [str(values[i]) for i in first]
 
@@ -176,7 +179,9 @@ def check_attributes(ds: Dataset, attrs: list[str]) -> None:
 def group_counts(codes: np.ndarray, y_bin: np.ndarray, p_bin: np.ndarray, n_groups: int) -> np.ndarray:
     """(G, 2, 2) counts: [group, true is positive, predicted positive]."""
     idx = codes.astype(np.int64, copy=False) * 4
-    idx += y_bin.astype(np.int64, copy=False) * 2
+    y_bin = y_bin.astype(np.int64, copy=False)
+    idx += y_bin
+    idx += y_bin  # twice: no temporary for y * 2
     idx += p_bin.astype(np.int64, copy=False)
     return np.bincount(idx, minlength=n_groups * 4).reshape(n_groups, 2, 2)
 
