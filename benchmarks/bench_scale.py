@@ -59,6 +59,15 @@ import numpy as np
 FEATURES = 14
 ROOT = Path(__file__).resolve().parent.parent
 
+# the four checks of the issue, shared by the in-memory and the streamed spec
+CHECKS = """checks:
+  - {{id: integrity, check: data.integrity, thresholds: {{train_test_overlap: {{max: 0.01}}}}}}
+  - {{id: heldout, check: performance.classification, thresholds: {{accuracy: {{min: 0.7}}, roc_auc: {{min: 0.7}}}}}}
+  - {{id: calibration, check: performance.calibration, thresholds: {{ece: {{max: 0.1}}}}}}
+  - {{id: fairness, check: fairness.group, sensitive: [sex, race], min_group_size: 30,
+      thresholds: {{demographic_parity_difference: {{max: 0.2}}}}}}
+"""
+
 SPEC = """name: Scale benchmark ({n:,} rows)
 seed: 0
 device: cpu
@@ -69,13 +78,7 @@ model:
 data:
   train: {{path: train.npz}}
   test: {{path: test.npz}}
-checks:
-  - {{id: integrity, check: data.integrity, thresholds: {{train_test_overlap: {{max: 0.01}}}}}}
-  - {{id: heldout, check: performance.classification, thresholds: {{accuracy: {{min: 0.7}}, roc_auc: {{min: 0.7}}}}}}
-  - {{id: calibration, check: performance.calibration, thresholds: {{ece: {{max: 0.1}}}}}}
-  - {{id: fairness, check: fairness.group, sensitive: [sex, race], min_group_size: 30,
-      thresholds: {{demographic_parity_difference: {{max: 0.2}}}}}}
-"""
+""" + CHECKS
 
 FLOOR = r"""
 import sys, time, json
@@ -205,13 +208,7 @@ model:
 data:
   train: {{path: train.parquet, label: label, sensitive: [sex, race]}}
   test: {{path: test.parquet, label: label, sensitive: [sex, race]}}
-checks:
-  - {{id: integrity, check: data.integrity, thresholds: {{train_test_overlap: {{max: 0.01}}}}}}
-  - {{id: heldout, check: performance.classification, thresholds: {{accuracy: {{min: 0.7}}, roc_auc: {{min: 0.7}}}}}}
-  - {{id: calibration, check: performance.calibration, thresholds: {{ece: {{max: 0.1}}}}}}
-  - {{id: fairness, check: fairness.group, sensitive: [sex, race], min_group_size: 30,
-      thresholds: {{demographic_parity_difference: {{max: 0.2}}}}}}
-"""
+""" + CHECKS
 
 BARE_LOOP = r"""
 import sys, time, json
