@@ -515,12 +515,18 @@ class Context:
 
     def sample(self, name: str, n: int, purpose: str) -> tuple[np.ndarray, np.ndarray]:
         """A seeded sample of at most `n` rows of dataset `name`: (sorted row indices, their
-        inputs). All rows when `n` covers the dataset. The rows depend only on the seed,
-        `purpose` and the dataset's size, so every engine reads the same ones."""
-        ds = self.dataset(name)
-        total = len(ds)
-        idx = np.arange(total) if n >= total else np.sort(self.rng(purpose).choice(total, n, replace=False))
-        return idx, ds.take(idx)
+        inputs). All rows when `n` covers the dataset."""
+        idx = self.sample_rows(name, n, purpose)
+        return idx, self.dataset(name).take(idx)
+
+    def sample_rows(self, name: str, n: int | None, purpose: str) -> np.ndarray:
+        """Sorted indices of a seeded sample of at most `n` rows of dataset `name` (all rows
+        when `n` is None or covers the dataset). The rows depend only on the seed, `purpose`
+        and the dataset's size, so every engine reads the same ones."""
+        total = len(self.dataset(name))
+        if n is None or n >= total:
+            return np.arange(total)
+        return np.sort(self.rng(purpose).choice(total, n, replace=False))
 
     def execution_record(self) -> dict[str, Any]:
         """The provenance of how the audit ran: engine, workers, and per streamed dataset

@@ -271,16 +271,12 @@ class Export(Check):
         if missing:
             raise SkipCheck(f"needs {' and '.join(missing)}: pip install 'audit-suite[onnx]'")
         ds = ctx.dataset(params.data)
-        n = len(ds)
-        if params.n_samples is not None and params.n_samples < n:
-            idx = np.sort(ctx.rng(f"{self.name}:{params.data}:subset").choice(n, params.n_samples, replace=False))
-        else:
-            idx = np.arange(n)
+        idx = ctx.sample_rows(params.data, params.n_samples, f"{self.name}:{params.data}:subset")
         x = ds.rows(idx)  # all rows of a streamed dataset stay streamed
 
         fp32 = copy.deepcopy(ctx.model.module).cpu().float().eval()
         module = _Logits(fp32).eval()
-        example = torch.as_tensor(ds.x[np.arange(2) % n])  # batch 2: a batch of 1 would be specialised
+        example = torch.as_tensor(ds.x[np.arange(2) % len(ds)])  # batch 2: a batch of 1 would be specialised
         order = {"auto": ["dynamo", "classic"], "dynamo": ["dynamo"], "classic": ["classic"]}[params.exporter]
         reasons: dict[str, str] = {}
         with tempfile.TemporaryDirectory(prefix="audit-onnx-") as tmp:

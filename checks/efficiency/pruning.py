@@ -155,11 +155,7 @@ class Pruning(Check):
         if not targets:
             raise SkipCheck("the model has no Linear, Conv or MultiheadAttention weights to prune")
         ds = ctx.dataset(params.data)
-        n = len(ds)
-        if params.n_samples is not None and params.n_samples < n:
-            idx = np.sort(ctx.rng(f"{self.name}:{params.data}:subset").choice(n, params.n_samples, replace=False))
-        else:
-            idx = np.arange(n)
+        idx = ctx.sample_rows(params.data, params.n_samples, f"{self.name}:{params.data}:subset")
         x, y = ds.rows(idx), ds.y[idx]  # all rows of a streamed dataset stay streamed
         dense = ctx.predictions(params.data)[idx] == y
         levels = np.array(params.sparsities)

@@ -133,11 +133,7 @@ class Quantization(Check):
             raise SkipCheck("the model has no nn.Linear layers: dynamic int8 quantization "
                             "(torch.ao.quantization.quantize_dynamic) has nothing to quantize")
         ds = ctx.dataset(params.data)
-        n = len(ds)
-        if params.n_samples is not None and params.n_samples < n:
-            idx = np.sort(ctx.rng(f"{self.name}:{params.data}:subset").choice(n, params.n_samples, replace=False))
-        else:
-            idx = np.arange(n)
+        idx = ctx.sample_rows(params.data, params.n_samples, f"{self.name}:{params.data}:subset")
         x, y = ds.rows(idx), ds.y[idx]  # all rows of a streamed dataset stay streamed
 
         fp32, q = quantize(module)
@@ -158,7 +154,7 @@ class Quantization(Check):
         acc_o = float(co.mean())
 
         size_o, size_q = serialized_size(fp32), serialized_size(q)
-        bidx = np.arange(params.batch_size) % n
+        bidx = np.arange(params.batch_size) % len(ds)
         xb = torch.as_tensor(ds.x[bidx])
         t_o = ctx.time_calls(fp32, xb, warmup=params.warmup, repeats=params.repeats, precision="float32")
         with int8_inference():

@@ -68,13 +68,11 @@ class Reproducibility(Check):
 
     def run(self, ctx, params: ReproducibilityParams) -> Measurement:
         ds = ctx.dataset(params.data)
-        n = len(ds)
-        full = params.n_samples is None or params.n_samples >= n
+        idx = ctx.sample_rows(params.data, params.n_samples, f"{self.name}:{params.data}:subset")
+        full = len(idx) == len(ds)
         if full:
-            idx = np.arange(n)
             first = ctx.logits(params.data)  # the cached pass; repeats use the same batches
         else:
-            idx = np.sort(ctx.rng(f"{self.name}:{params.data}:subset").choice(n, params.n_samples, replace=False))
             first = ctx.infer(ds.x[idx], what="Repeated inference, pass 1")
         x = ds.rows(idx)  # all rows of a streamed dataset stay streamed
         pred0 = logits_to_proba(first).argmax(axis=1)
