@@ -7,6 +7,7 @@ when the learned weights are destroyed does not explain the model."""
 from __future__ import annotations
 
 import copy
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -78,11 +79,12 @@ class Cascade:
     curve: tuple[list[int], list[float], list[float], list[float]] = field(default_factory=lambda: ([], [], [], []))
 
 
-def cascade(ctx: Context, params: AttributionParams, attribute: Callable[[torch.nn.Module], np.ndarray],
-            u: np.ndarray, units: Units, key: str) -> Cascade:
-    """Run the cascade; `attribute(module)` explains the check's samples with `module`, and
-    `u` holds the trained model's attributions per unit. The randomised copy runs only
-    through the Context's counting wrapper."""
+def run_cascade(ctx: Context, params: AttributionParams, key: str,
+                similarity: Callable[[torch.nn.Module], np.ndarray]) -> Cascade:
+    """Re-initialise the model's layers top down in `randomization_steps` steps; after each,
+    `similarity(model)` gives every explained sample's rank similarity between the trained
+    model's attributions and those of the randomised copy `model`, and the step's mean
+    with its CI becomes a table row and a point of the curve."""
     loaded = ctx.model
     layers = parametrized_layers(loaded.module)[::-1]  # top (output side) first
     if not layers:
@@ -90,8 +92,6 @@ def cascade(ctx: Context, params: AttributionParams, attribute: Callable[[torch.
     n_layers = len(layers)
     points = sorted({int(v) for v in np.round(np.linspace(1, n_layers, min(params.randomization_steps, n_layers)))})
     rnd = Randomizer(loaded.module, loaded.factory, int(ctx.rng(f"{key}:randomization").integers(2**31)))
-    wrapped = ex.TwoClassLogits(ctx.counting(rnd.model))
-    ref = np.abs(u) if params.randomization_abs else u
     done = 0
     out = Cascade(None, [], n_layers, rnd.source)
     xs, ys, los, his = out.curve
@@ -99,8 +99,7 @@ def cascade(ctx: Context, params: AttributionParams, attribute: Callable[[torch.
         for layer in layers[done:k]:
             rnd.randomize(layer)
         done = k
-        ur = units.reduce(attribute(wrapped))
-        sim = spearman_rows(ref, np.abs(ur) if params.randomization_abs else ur)
+        sim = similarity(rnd.model)
         ok = np.isfinite(sim)
         last = None
         if ok.sum() >= 2:
@@ -113,6 +112,25 @@ def cascade(ctx: Context, params: AttributionParams, attribute: Callable[[torch.
         his.append(np.nan if last is None or last.ci is None else last.ci[1])
         out.metric = last
     return out
+
+
+def cascade(ctx: Context, params: AttributionParams, attribute: Callable[[torch.nn.Module], np.ndarray],
+            u: np.ndarray, units: Units, key: str) -> Cascade:
+    """The cascade for images and tables; `attribute(module)` explains the check's samples
+    with `module`, and `u` holds the trained model's attributions per unit. The randomised
+    copy runs only through the Context's counting wrapper (made once: the copy is changed
+    in place)."""
+    ref = np.abs(u) if params.randomization_abs else u
+
+    @functools.cache
+    def counted(model: torch.nn.Module) -> torch.nn.Module:
+        return ex.TwoClassLogits(ctx.counting(model))
+
+    def similarity(model: torch.nn.Module) -> np.ndarray:
+        ur = units.reduce(attribute(counted(model)))
+        return spearman_rows(ref, np.abs(ur) if params.randomization_abs else ur)
+
+    return run_cascade(ctx, params, key, similarity)
 
 
 def cascade_table(c: Cascade, params: AttributionParams) -> dict[str, Any]:

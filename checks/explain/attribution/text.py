@@ -33,7 +33,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from audit.check import Flag, Measurement, Metric, cell, text, tokens
+from audit.check import Flag, Measurement, Metric, text, tokens
 from audit.context import Context, logits_to_proba
 from audit.dataset import Dataset
 from audit.errors import DataError, SkipCheck
@@ -44,7 +44,7 @@ from checks.explain.attribution.agreement import spearman_rows
 from checks.explain.attribution.cost import Phases
 from checks.explain.attribution.faithfulness import COMPLETENESS_FLAG, DeletionCurves
 from checks.explain.attribution.params import AttributionParams
-from checks.explain.attribution.randomization import Cascade, Randomizer, cascade_table, parametrized_layers
+from checks.explain.attribution.randomization import Cascade, cascade_table, run_cascade
 
 SHOWN = 8  # samples drawn as highlighted text
 
@@ -283,36 +283,14 @@ def _masked_spearman(a: np.ndarray, b: np.ndarray, keep: np.ndarray) -> np.ndarr
 
 def _cascade(ctx: Context, params: AttributionParams, sel: Selection, scores: np.ndarray,
              attribute: Any, key: str) -> Cascade:
-    loaded = ctx.model
-    layers = parametrized_layers(loaded.module)[::-1]
-    if not layers:
-        raise SkipCheck("the model has no parameters to randomise")
-    n_layers = len(layers)
-    points = sorted({int(v) for v in np.round(np.linspace(1, n_layers, min(params.randomization_steps, n_layers)))})
-    rnd = Randomizer(loaded.module, loaded.factory, int(ctx.rng(f"{key}:randomization").integers(2**31)))
     keep = ~sel.protect
     ref = np.abs(scores) if params.randomization_abs else scores
-    out = Cascade(None, [], n_layers, rnd.source)
-    xs, ys, los, his = out.curve
-    done = 0
-    for step, k in enumerate(points, 1):
-        for name in layers[done:k]:
-            rnd.randomize(name)
-        done = k
-        ur = attribute(rnd.model)
-        sim = _masked_spearman(ref, np.abs(ur) if params.randomization_abs else ur, keep)
-        ok = np.isfinite(sim)
-        last = None
-        if ok.sum() >= 2:
-            last = bootstrap_mean(sim[ok], confidence=params.confidence, rng=ctx.rng(f"{key}:ci:rand:{k}"))
-        out.rows.append([step, k, layers[k - 1] or "(root)", None if last is None else cell(last.value, last.ci),
-                         int(ok.sum())])
-        xs.append(k)
-        ys.append(np.nan if last is None else last.value)
-        los.append(np.nan if last is None or last.ci is None else last.ci[0])
-        his.append(np.nan if last is None or last.ci is None else last.ci[1])
-        out.metric = last
-    return out
+
+    def similarity(model: nn.Module) -> np.ndarray:
+        ur = attribute(model)
+        return _masked_spearman(ref, np.abs(ur) if params.randomization_abs else ur, keep)
+
+    return run_cascade(ctx, params, key, similarity)
 
 
 def _highlight_rows(ds: Dataset, sel: Selection, scores: np.ndarray) -> list[dict[str, Any]]:
