@@ -53,18 +53,24 @@ def load_model(spec: AuditSpec, *, device: torch.device | str = "cpu",
     return loaded
 
 
+def _model_path(spec: AuditSpec) -> Path:
+    """`model.path` resolved: a model file, or a Hugging Face folder (one with config.json);
+    anything else is one ModelError. Loading and `audit validate` read it the same way."""
+    path = spec.resolve(spec.model.path or "")
+    if not path.exists():
+        raise ModelError(f"model file not found: {path}", where="model.path")
+    if path.is_dir() and not (path / "config.json").exists():
+        raise ModelError(f"{path} is a folder, not a model file", where="model.path")
+    return path
+
+
 def _load_model_path(spec: AuditSpec) -> LoadedModel:
     ms = spec.model
-    path = spec.resolve(ms.path or "")
-    where = "model.path"
-    if not path.exists():
-        raise ModelError(f"model file not found: {path}", where=where)
+    path, where = _model_path(spec), "model.path"
     if path.is_dir():
-        if (path / "config.json").exists():
-            from audit.hf import load_hf_model
+        from audit.hf import load_hf_model
 
-            return load_hf_model(path, spec)
-        raise ModelError(f"{path} is a folder, not a model file", where=where)
+        return load_hf_model(path, spec)
     suffix = path.suffix.lower()
     if suffix == ".safetensors":
         from audit.training import is_saved_recipe, load_saved
@@ -318,16 +324,11 @@ def inspect_model(spec: AuditSpec) -> str:
             raise ModelError(f"unknown model fixture '{ms.fixture}'.{did_you_mean(ms.fixture, fixture_names())}",
                              where="model.fixture")
         return f"built-in fixture {ms.fixture} (trained deterministically on first use, then cached)"
-    path = spec.resolve(ms.path or "")
-    where = "model.path"
-    if not path.exists():
-        raise ModelError(f"model file not found: {path}", where=where)
+    path, where = _model_path(spec), "model.path"
     if path.is_dir():
-        if (path / "config.json").exists():
-            from audit.hf import inspect_hf_model
+        from audit.hf import inspect_hf_model
 
-            return inspect_hf_model(path, spec)
-        raise ModelError(f"{path} is a folder, not a model file", where=where)
+        return inspect_hf_model(path, spec)
     suffix = path.suffix.lower()
     if suffix == ".safetensors":
         from safetensors import SafetensorError, safe_open

@@ -18,10 +18,9 @@ from sklearn.metrics import roc_auc_score
 from audit import stats
 from audit.context import Context, logits_to_proba
 from audit.dataset import Dataset, LoadedModel
-from audit.runner import Runner
-from audit.spec import parse_spec
 from checks.performance.calibration import BinnedCalibration
 from checks.performance.classification import RocAuc
+from tests.test_intervals import _run
 
 # ---- DeLong ------------------------------------------------------------------------------
 
@@ -204,15 +203,6 @@ def _ctx(n: int, k: int, seed: int = 0) -> Context:
 
     ds = Dataset("test", x, y, "tabular", [f"c{i}" for i in range(k)])
     return Context.from_objects({"test": ds}, LoadedModel(Identity(), "0" * 64, "test", "identity"))
-
-
-def _run(ctx: Context, checks: list[dict], **top) -> dict:
-    spec = parse_spec({"name": "t", "model": {"fixture": "in-memory"}, "data": {"test": {"fixture": "in-memory"}},
-                       "checks": checks, **top})
-    runner = Runner(spec, context=ctx)
-    for e in spec.checks:
-        runner.run_check(e)
-    return runner.finish().to_json()
 
 
 @pytest.mark.parametrize("k", [2, 4])
