@@ -653,6 +653,19 @@ class Context:
             return _chunked(self.logits(name), logits_to_proba)
         return self._derive("proba", name, lambda: logits_to_proba(self.logits(name)))
 
+    def probability_chunks(self, name: str) -> Iterator[tuple[slice, np.ndarray]]:
+        """(rows, (rows, K) float64 probabilities) of dataset `name` in chunks of rows, for
+        checks that reduce per-sample values: temporaries stay bounded by a chunk whatever
+        N is. The chunks are the same in memory (slices of the cached probabilities) and
+        streamed (derived from the float32 logits chunk by chunk): so are the numbers."""
+        ds = self.dataset(name)
+        n = len(ds)
+        lazy = ds.lazy
+        source = self.logits(name) if lazy else self.probabilities(name)
+        for s in range(0, n, _CHUNK_ROWS):
+            rows = slice(s, min(s + _CHUNK_ROWS, n))
+            yield rows, (logits_to_proba(source[rows]) if lazy else source[rows])
+
     def predictions(self, name: str) -> np.ndarray:
         """(N,) predicted classes; for token classification (N, W) word tags: the first
         sub-token's arg-max, `O` for a word lost to truncation, -1 past the sentence."""

@@ -48,6 +48,68 @@ def test_auc_components_give_sklearn_auc_and_delong_variance(ties: bool) -> None
     assert float(np.sum(comp ** 2)) == pytest.approx(ref_var, rel=1e-10)
 
 
+@pytest.mark.parametrize("ties", [False, True])
+def test_delong_on_sorted_sides_equals_the_per_sample_components(ties: bool) -> None:
+    """The binary fast path (both sides sorted, components summed in sorted order, queries
+    in chunks) gives the AUC and interval of the per-sample components, and sklearn's AUC."""
+    rng = np.random.default_rng(3)
+    n = 5000
+    pos = rng.random(n) < 0.3
+    score = rng.normal(size=n) + pos
+    if ties:
+        score = np.round(score, 1)
+    ref = stats.delong_auc([score], [pos], confidence=0.95)
+    old_chunk = stats._QUERY_CHUNK
+    stats._QUERY_CHUNK = 700  # several chunks on each side
+    try:
+        fast = stats.delong_binary(score[pos].copy(), score[~pos].copy(), confidence=0.95)
+    finally:
+        stats._QUERY_CHUNK = old_chunk
+    assert fast.value == pytest.approx(roc_auc_score(pos, score), abs=1e-12)
+    assert fast.value == pytest.approx(ref.value, abs=1e-12)
+    assert fast.ci == pytest.approx(ref.ci, abs=1e-12)
+
+
+def test_moments_merged_over_chunks_equal_the_whole_array() -> None:
+    v = np.random.default_rng(4).lognormal(size=10_001) + 1e6  # a large mean: a naive sum of squares loses digits
+    m = stats.Moments()
+    for s in range(0, v.size, 999):
+        m.add(v[s:s + 999])
+    assert m.n == v.size and m.mean == pytest.approx(v.mean(), rel=1e-14)
+    assert m.variance == pytest.approx(v.var(ddof=1), rel=1e-9)
+    whole = stats.mean_interval(v, confidence=0.95)
+    assert stats.mean_interval_of(m, confidence=0.95).ci == pytest.approx(whole.ci, rel=1e-12)
+
+
+@pytest.mark.parametrize("k", [2, 4])
+def test_checks_reduce_chunk_by_chunk_to_the_reference_values(k: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """performance.classification and performance.calibration read per-sample values in
+    chunks of rows (bounded memory at any N): with chunks of 1,000 rows out of 4,000 they
+    give sklearn's ROC AUC, log loss and Brier score, and the same numbers as one chunk."""
+    from sklearn.metrics import log_loss
+
+    import audit.context
+
+    ctx = _ctx(4000, k)
+    spec = [{"id": "c", "check": "performance.classification"}, {"id": "cal", "check": "performance.calibration"}]
+    whole = _run(ctx, spec)
+    monkeypatch.setattr(audit.context, "_CHUNK_ROWS", 1000)
+    chunked = _run(_ctx(4000, k), spec)
+    y = ctx.dataset("test").y
+    proba = logits_to_proba(ctx.logits("test"))
+    onehot = np.eye(k)[y]
+    ref = {"roc_auc": roc_auc_score(y, proba[:, 1]) if k == 2 else roc_auc_score(y, proba, multi_class="ovr"),
+           "log_loss": log_loss(y, proba), "brier": float(((proba - onehot) ** 2).sum(axis=1).mean())}
+    for cw, cc in zip(whole["checks"], chunked["checks"]):
+        for name, mw in cw["metrics"].items():
+            mc = cc["metrics"][name]
+            assert mc["value"] == pytest.approx(mw["value"], abs=1e-12), name
+            if mw["ci"]:
+                assert mc["ci"] == pytest.approx(mw["ci"], abs=1e-9), name
+            if name in ref:
+                assert mc["value"] == pytest.approx(ref[name], abs=1e-12), name
+
+
 def _binormal(rng: np.random.Generator, n: int, d: float, share: float) -> tuple[np.ndarray, np.ndarray]:
     pos = rng.random(n) < share
     return rng.normal(size=n) + d * pos, pos

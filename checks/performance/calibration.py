@@ -22,6 +22,10 @@ costs what one of 10^3 does, beyond one O(N) pass):
   (weights B x N; the reference the tests hold the cell bootstrap to).
 * Brier is a mean of per-sample values: Student's t interval from their variance.
 
+Per-sample values are reduced chunk by chunk (`Context.probability_chunks`): the cell
+statistics and the Brier score's moments, so memory does not grow with N either (a
+streamed set of 10^7 rows never holds its probabilities whole).
+
 Token classification: each word with a prediction (its first sub-token's probabilities)
 is a sample, and the bootstrap resamples whole sentences (a sentence's words are not
 independent), so its intervals always come from the weight bootstrap over sentences (the
@@ -90,19 +94,64 @@ class BinnedCalibration:
         return gap.max(axis=1)
 
     def cell_draws(self, n_resamples: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-        """(ECE, MCE) under `n_resamples` row-bootstrap resamples drawn as counts: the cells
-        (non-empty bin x correct) get multinomial counts M; each cell's confidence sum is
+        """(ECE, MCE) under `n_resamples` row-bootstrap resamples drawn as counts (see
+        `CalibrationCells.draws`)."""
+        return CalibrationCells.of(self.conf, self.correct, self.n_bins).draws(n_resamples, rng)
+
+
+class CalibrationCells:
+    """Sufficient statistics of ECE and MCE: per cell (confidence bin x correct or not) the
+    count, sum and sum of squares of the confidences, accumulated chunk by chunk (memory
+    independent of N)."""
+
+    def __init__(self, n_bins: int) -> None:
+        self.n_bins = n_bins
+        self.count = np.zeros(2 * n_bins)
+        self.s1 = np.zeros(2 * n_bins)
+        self.s2 = np.zeros(2 * n_bins)
+
+    @classmethod
+    def of(cls, confidence: np.ndarray, correct: np.ndarray, n_bins: int) -> CalibrationCells:
+        return cls(n_bins).add(confidence, correct)
+
+    def add(self, confidence: np.ndarray, correct: np.ndarray) -> CalibrationCells:
+        conf = np.asarray(confidence, dtype=np.float64)
+        cell = 2 * confidence_bins(conf, self.n_bins) + (np.asarray(correct) > 0.5)
+        size = 2 * self.n_bins
+        self.count += np.bincount(cell, minlength=size)
+        self.s1 += np.bincount(cell, weights=conf, minlength=size)
+        self.s2 += np.bincount(cell, weights=conf * conf, minlength=size)
+        return self
+
+    @property
+    def n(self) -> int:
+        return int(self.count.sum())
+
+    def table(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(n_bins,) count, mean confidence and accuracy per bin (NaN for empty bins)."""
+        count = self.count.reshape(-1, 2).sum(axis=1)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            conf = np.where(count > 0, self.s1.reshape(-1, 2).sum(axis=1) / count, np.nan)
+            acc = np.where(count > 0, self.count.reshape(-1, 2)[:, 1] / count, np.nan)
+        return count, conf, acc
+
+    def ece(self) -> float:
+        count = self.count.reshape(-1, 2)
+        gap = np.abs(count[:, 1] - self.s1.reshape(-1, 2).sum(axis=1))
+        return float(gap.sum() / count.sum())
+
+    def mce(self) -> float:
+        count, conf, acc = self.table()
+        return float(np.abs(acc - conf)[count > 0].max())
+
+    def draws(self, n_resamples: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        """(ECE, MCE) under `n_resamples` row-bootstrap resamples drawn as counts: the
+        non-empty cells get multinomial counts M; each cell's confidence sum is
         M mu + sqrt(M) sigma Z (mu, sigma: the cell's mean and standard deviation of
         confidence, Z standard normal); its correct count is M or 0. Cost resamples x cells."""
-        n = self.conf.size
-        pos = np.repeat(np.arange(self.starts.size), np.diff(np.r_[self.starts, n]))
-        cell = 2 * pos + (self.correct > 0.5)
-        size = 2 * self.starts.size
-        count = np.bincount(cell, minlength=size).astype(np.float64)
-        s1 = np.bincount(cell, weights=self.conf, minlength=size)
-        s2 = np.bincount(cell, weights=self.conf ** 2, minlength=size)
-        keep = np.flatnonzero(count > 0)
-        count, s1, s2 = count[keep], s1[keep], s2[keep]
+        n = self.n
+        keep = np.flatnonzero(self.count > 0)
+        count, s1, s2 = self.count[keep], self.s1[keep], self.s2[keep]
         mu = s1 / count
         sigma = np.sqrt(np.maximum(s2 / count - mu ** 2, 0.0))
         is_correct = (keep % 2).astype(np.float64)
@@ -116,15 +165,6 @@ class BinnedCalibration:
         with np.errstate(divide="ignore", invalid="ignore"):
             mce = np.where(per_bin_count > 0, gap / np.where(per_bin_count > 0, per_bin_count, 1.0), -np.inf).max(1)
         return ece, mce
-
-    def table(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Full-length (n_bins,) count, mean confidence and accuracy (NaN for empty bins)."""
-        c, s_conf, s_corr = (a[0] for a in self.sums(np.ones((1, self.conf.size))))
-        count = np.zeros(self.n_bins)
-        conf = np.full(self.n_bins, np.nan)
-        acc = np.full(self.n_bins, np.nan)
-        count[self.bin_ids], conf[self.bin_ids], acc[self.bin_ids] = c, s_conf / c, s_corr / c
-        return count, conf, acc
 
 
 def brier_per_sample(proba: np.ndarray, y: np.ndarray) -> np.ndarray:
@@ -153,26 +193,17 @@ class Calibration(Check):
 
     def run(self, ctx: Context, params: CalibrationParams) -> Measurement:
         ds = ctx.dataset(params.data)
-        proba = ctx.probabilities(params.data)  # cached: one forward pass per sample
-        y = np.asarray(ds.y, dtype=np.int64)
+        y = np.asarray(ds.y)
         n = len(y)
         # Token classification: the samples are the words that have a prediction (their
         # first sub-token's probabilities); the bootstrap resamples whole sentences.
-        unit = np.arange(n)
+        unit: np.ndarray | None = None
+        ok = None
         what = "samples"
         if ds.kind == "tokens":
             ok = (y >= 0) & (ds.word_starts >= 0)
             unit = np.nonzero(ok)[0]
-            proba, y = proba[ok], y[ok]
             what = f"words ({n} sentences)"
-
-        def expand(w: np.ndarray) -> np.ndarray:
-            return w if ds.kind != "tokens" else w[:, unit]
-
-        confidence = proba.max(axis=1)
-        correct = (proba.argmax(axis=1) == y).astype(np.float64)
-        binned = BinnedCalibration(confidence, correct, params.n_bins)
-        brier = brier_per_sample(proba, y)
 
         def rng(what: str) -> np.random.Generator:
             return ctx.rng(f"{self.name}:{params.data}:{what}")
@@ -181,6 +212,17 @@ class Calibration(Check):
         if ds.kind == "tokens" or params.intervals == "row_bootstrap":
             # tokens: the bootstrap resamples whole sentences (a sentence's words are not
             # independent), so the cell draws, which assume independent samples, do not apply
+            proba = ctx.probabilities(params.data)  # cached: one forward pass per sample
+            if ok is not None:
+                proba, y = proba[ok], y[ok]
+
+            def expand(w: np.ndarray) -> np.ndarray:
+                return w if ds.kind != "tokens" else w[:, unit]
+
+            confidence = proba.max(axis=1)
+            correct = (proba.argmax(axis=1) == y).astype(np.float64)
+            binned = BinnedCalibration(confidence, correct, params.n_bins)
+            brier = brier_per_sample(proba, y)
             metrics: dict[str, Metric] = {
                 "ece": stats.bootstrap_weighted(lambda w: binned.ece(expand(w)), n, rng=rng("ece"),
                                                 bounds=(0.0, 1.0), **kw),
@@ -191,19 +233,24 @@ class Calibration(Check):
                           else stats.bootstrap_weighted(lambda w: (expand(w) @ brier) / expand(w).sum(axis=1), n,
                                                         rng=rng("brier"), bounds=(0.0, 2.0), **kw)),
             }
+            cells = CalibrationCells.of(confidence, correct, params.n_bins)
         else:
-            ones = np.ones((1, n))
+            # per-sample values reduced chunk by chunk: memory bounded by a chunk, not N
+            cells = CalibrationCells(params.n_bins)
+            brier_moments = stats.Moments()
+            for rows, proba in ctx.probability_chunks(params.data):
+                yc = y[rows]
+                cells.add(proba.max(axis=1), proba.argmax(axis=1) == yc)
+                brier_moments.add(brier_per_sample(proba, yc))
             with np.errstate(divide="ignore", invalid="ignore"):
-                ece_draws, mce_draws = binned.cell_draws(params.weight_resamples, rng("cells"))
+                ece_draws, mce_draws = cells.draws(params.weight_resamples, rng("cells"))
             metrics = {
-                "ece": stats.from_draws(float(binned.ece(ones)[0]), ece_draws, params.confidence, n=n,
-                                        bounds=(0.0, 1.0)),
-                "mce": stats.from_draws(float(binned.mce(ones)[0]), mce_draws, params.confidence, n=n,
-                                        bounds=(0.0, 1.0)),
-                "brier": stats.mean_interval(brier, confidence=params.confidence, bounds=(0.0, 2.0)),
+                "ece": stats.from_draws(cells.ece(), ece_draws, params.confidence, n=n, bounds=(0.0, 1.0)),
+                "mce": stats.from_draws(cells.mce(), mce_draws, params.confidence, n=n, bounds=(0.0, 1.0)),
+                "brier": stats.mean_interval_of(brier_moments, confidence=params.confidence, bounds=(0.0, 2.0)),
             }
 
-        count, bin_conf, bin_acc = binned.table()
+        count, bin_conf, bin_acc = cells.table()
         nonempty = count > 0
         edges = np.linspace(0.0, 1.0, params.n_bins + 1)
         rows = [[f"({edges[b]:.3f}, {edges[b + 1]:.3f}]", int(count[b]),
@@ -212,10 +259,11 @@ class Calibration(Check):
                  None if not nonempty[b] else float(bin_acc[b] - bin_conf[b])]
                 for b in range(params.n_bins)]
         m = metrics
-        over = float(confidence.mean() - correct.mean())
+        mean_conf, accuracy = cells.s1.sum() / cells.n, cells.count[1::2].sum() / cells.n
+        over = float(mean_conf - accuracy)
         summary = (f"ECE {m['ece'].value:.4f}, MCE {m['mce'].value:.4f}, Brier {m['brier'].value:.4f} "
-                   f"on {len(y)} {what} of '{params.data}' ({params.n_bins} equal-width bins). "
-                   f"Mean confidence {confidence.mean():.3f} vs accuracy {correct.mean():.3f}: the model is "
+                   f"on {cells.n} {what} of '{params.data}' ({params.n_bins} equal-width bins). "
+                   f"Mean confidence {mean_conf:.3f} vs accuracy {accuracy:.3f}: the model is "
                    f"{'over' if over > 0 else 'under'}-confident by {abs(over):.3f} on average.")
         evidence = [
             text("Summary", summary),

@@ -140,10 +140,9 @@ class ClassificationPerformance(Check):
 
     def run(self, ctx: Context, params: ClassificationParams) -> Measurement:
         ds = ctx.dataset(params.data)
-        proba = ctx.probabilities(params.data)  # cached: one forward pass per sample
-        y = np.asarray(ds.y, dtype=np.int64)
+        y = np.asarray(ds.y)
         k, n = ds.n_classes, len(y)
-        pred = proba.argmax(axis=1)
+        pred = ctx.predictions(params.data)  # cached: one forward pass per sample
         cm = stats.confusion_counts(y, pred, k)
         support = cm.sum(axis=1)
         present = support > 0
@@ -169,33 +168,63 @@ class ClassificationPerformance(Check):
                               f"{' ...' if len(absent) > 10 else ''}: the model is not tested on them, so "
                               "per-class metrics (worst-class recall, balanced accuracy) say nothing about them"))
 
-        fast = params.intervals == "fast"
-        auc = self._roc_auc(proba, y, present, n, conf, rng("roc_auc"), params.weight_resamples, fast)
+        if params.intervals == "fast":
+            # per-sample values reduced chunk by chunk: memory bounded by a chunk, not N
+            auc = self._roc_auc_fast(ctx, params.data, y, present, conf)
+            losses = stats.Moments()
+            for rows, proba in ctx.probability_chunks(params.data):
+                losses.add(log_loss_per_sample(proba, y[rows]))
+            log_loss = stats.mean_interval_of(losses, confidence=conf)
+        else:
+            proba = ctx.probabilities(params.data)
+            auc = self._roc_auc(proba, y, present, n, conf, rng("roc_auc"), params.weight_resamples)
+            log_loss = stats.bootstrap_mean(log_loss_per_sample(proba, y), confidence=conf, rng=rng("log_loss"),
+                                            n_resamples=params.weight_resamples)
         if auc is not None:
             metrics["roc_auc"] = auc
         else:
             notes.append("ROC AUC is undefined: fewer than two classes are present.")
-        losses = log_loss_per_sample(proba, y)
-        metrics["log_loss"] = (stats.mean_interval(losses, confidence=conf) if fast else
-                               stats.bootstrap_mean(losses, confidence=conf, rng=rng("log_loss"),
-                                                    n_resamples=params.weight_resamples))
+        metrics["log_loss"] = log_loss
         metrics["worst_class_recall"] = counted["worst_class_recall"]
 
         evidence = self._evidence(ds.classes, cm, metrics, recall_ci, params, notes, n)
         if ds.kind == "text" and ds.meta.get("texts") is not None:
-            evidence.append(_text_examples(ds, proba, ctx.rng(f"{self.name}:{params.data}:examples")))
+            evidence.append(_text_examples(ds, ctx.probabilities(params.data),
+                                           ctx.rng(f"{self.name}:{params.data}:examples")))
         return Measurement(metrics=metrics, evidence=evidence, flags=flags)
 
     @staticmethod
-    def _roc_auc(proba: np.ndarray, y: np.ndarray, present: np.ndarray, n: int, conf: float,
-                 rng: np.random.Generator, resamples: int, fast: bool = True) -> Metric | None:
+    def _roc_auc_fast(ctx: Context, name: str, y: np.ndarray, present: np.ndarray, conf: float) -> Metric | None:
+        """DeLong. Binary: the positives' and negatives' scores gathered chunk by chunk and
+        placed among each other in sorted order (no per-row temporaries beyond the scores);
+        multiclass one-vs-rest: per-sample components, whose sum over classes carries the
+        covariances of AUCs that share samples."""
         if present.sum() < 2:
             return None
-        if fast:
-            if proba.shape[1] == 2:
-                return stats.delong_auc([proba[:, 1]], [y == 1], confidence=conf)
-            cls = np.flatnonzero(present)
-            return stats.delong_auc([proba[:, c] for c in cls], [y == c for c in cls], confidence=conf)
+        chunks = ctx.probability_chunks(name)
+        if len(present) == 2:
+            positive = y == 1
+            m = int(positive.sum())
+            pos, neg = np.empty(m), np.empty(len(y) - m)
+            i = j = 0
+            for rows, proba in chunks:
+                p, score = positive[rows], proba[:, 1]
+                a, b = score[p], score[~p]
+                pos[i:i + a.size], neg[j:j + b.size] = a, b
+                i, j = i + a.size, j + b.size
+            return stats.delong_binary(pos, neg, confidence=conf)
+        cls = np.flatnonzero(present)
+        scores = np.empty((len(cls), len(y)))
+        for rows, proba in chunks:
+            scores[:, rows] = proba[:, cls].T
+        return stats.delong_auc(list(scores), [y == c for c in cls], confidence=conf)
+
+    @staticmethod
+    def _roc_auc(proba: np.ndarray, y: np.ndarray, present: np.ndarray, n: int, conf: float,
+                 rng: np.random.Generator, resamples: int) -> Metric | None:
+        """The weight bootstrap of ROC AUC (`intervals: row_bootstrap`)."""
+        if present.sum() < 2:
+            return None
         if proba.shape[1] == 2:
             aucs = [RocAuc(proba[:, 1], y == 1)]
         else:
