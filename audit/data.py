@@ -620,6 +620,23 @@ class _Codes:
         self.missing += int((codes < 0).sum())
         self.parts.append(mapping[codes])
 
+    def add_dictionary(self, column: Any) -> None:
+        """A pyarrow dictionary-encoded chunk (parquet strings read with `read_dictionary`):
+        its few distinct values are mapped here, its indices give the codes; no Python
+        string per row (what makes `add` on a pandas object column slow at 10^7 rows)."""
+        import pyarrow.compute as pc
+
+        mapping = np.empty(len(column.dictionary) + 1, np.int32)
+        mapping[-1] = -1
+        for j, u in enumerate(column.dictionary.to_pylist()):
+            if u not in self.index:
+                self.index[u] = len(self.values)
+                self.values.append(u)
+            mapping[j] = self.index[u]
+        idx = pc.fill_null(column.indices, -1).to_numpy()
+        self.missing += int((idx < 0).sum())
+        self.parts.append(mapping[idx])
+
     def codes(self) -> np.ndarray:
         return np.concatenate(self.parts) if self.parts else np.zeros(0, np.int32)
 
@@ -1110,17 +1127,27 @@ def _load_table_files(src: _Source, name: str, entry: DataEntry, files: list[Pat
             if f.suffix.lower() == ".parquet":
                 import pyarrow.parquet as pq
 
-                pf = pq.ParquetFile(f, pre_buffer=False)  # bounded: see audit.lazy.ParquetPart
+                import pyarrow as pa
+
+                schema = pq.read_schema(f)
+                # string columns come as dictionaries: codes without a Python string per row
+                strings = [c for c in keep if pa.types.is_string(schema.field(c).type)
+                           or pa.types.is_large_string(schema.field(c).type)]
+                pf = pq.ParquetFile(f, pre_buffer=False, read_dictionary=strings)  # bounded: see ParquetPart
                 groups = [pf.metadata.row_group(i).num_rows for i in range(pf.num_row_groups)]
                 parts.append(ParquetPart(str(f), features, groups))
-                chunks: Any = (b.to_pandas() for b in pf.iter_batches(columns=keep, batch_size=1 << 20))
+                chunks: Any = pf.iter_batches(columns=keep, batch_size=1 << 20)
             else:
                 chunks = [pd.read_csv(f, usecols=keep)]  # typed as a whole, as the in-memory reader does
             n_file = 0
             for df in chunks:
-                y_codes.add(df[label].to_numpy())
-                for c in entry.sensitive:
-                    s_codes[c].add(df[c].to_numpy())
+                for c, codes in ((label, y_codes), *s_codes.items()):
+                    if isinstance(df, pd.DataFrame):
+                        codes.add(df[c].to_numpy())
+                    elif pa.types.is_dictionary(df.column(c).type):
+                        codes.add_dictionary(df.column(c))
+                    else:  # as the DataFrame path reads it (an int column with nulls: floats)
+                        codes.add(df.column(c).to_pandas().to_numpy())
                 n_file += len(df)
             if f.suffix.lower() != ".parquet":
                 parts.append(CsvPart(str(f), features, n_file))
