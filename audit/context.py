@@ -677,8 +677,13 @@ class Context:
                                                                        ds.classes))
         if ds.lazy:  # kept compact: the smallest integer type that holds the classes
             dtype = np.int8 if ds.n_classes <= 127 else np.int16 if ds.n_classes <= 32_767 else np.int32
-            return self._derive("pred", name, lambda: _chunked(
-                self.logits(name), lambda z: logits_to_proba(z).argmax(axis=1).astype(dtype)))
+
+            def top(z: np.ndarray) -> np.ndarray:
+                # the softmax keeps the order of a row's logits (the largest maps to exp(0) = 1,
+                # distinct float32 values stay distinct in float64), so its arg-max is theirs,
+                # ties included; a one-logit sigmoid head goes through the probabilities
+                return (z.argmax(axis=1) if z.shape[1] > 1 else logits_to_proba(z).argmax(axis=1)).astype(dtype)
+            return self._derive("pred", name, lambda: _chunked(self.logits(name), top))
         return self._derive("pred", name, lambda: self.probabilities(name).argmax(axis=1))
 
     def losses(self, name: str) -> np.ndarray:

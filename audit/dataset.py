@@ -102,9 +102,9 @@ class Dataset:
         h = hashlib.sha256()
         for d in block_digests:
             h.update(d)
-        h.update(np.ascontiguousarray(self.y).tobytes())
+        h.update(memoryview(np.ascontiguousarray(self.y)).cast("B"))  # no copy of the bytes
         if self.word_starts is not None:
-            h.update(np.ascontiguousarray(self.word_starts).tobytes())
+            h.update(memoryview(np.ascontiguousarray(self.word_starts)).cast("B"))
         for key in sorted(self.sensitive):
             h.update(key.encode())
             _hash_strings(h, self.sensitive[key])
@@ -138,7 +138,7 @@ class Dataset:
         return out
 
 
-def _hash_strings(h: Any, values: Any, chunk: int = 1 << 20) -> None:
+def _hash_strings(h: Any, values: Any, chunk: int = 1 << 16) -> None:
     """Feed `values` as a fixed-width unicode array (`np.asarray(values).astype(str)`) to
     `h`, in chunks; a pandas Categorical hashes as the strings it stands for."""
     import pandas as pd
@@ -150,7 +150,7 @@ def _hash_strings(h: Any, values: Any, chunk: int = 1 << 20) -> None:
         width = max((len(c) for c in cats[used[used >= 0]]), default=1)
         table = cats.astype(f"<U{max(width, 1)}")
         for s in range(0, len(codes), chunk):
-            h.update(table[codes[s:s + chunk]].tobytes())
+            h.update(memoryview(table[codes[s:s + chunk]]).cast("B"))
         return
     h.update(np.asarray(values).astype(str).tobytes())
 

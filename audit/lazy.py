@@ -113,7 +113,8 @@ class BlockStats:
             lo = v.min(axis=0) if len(v) else np.full(v.shape[1], np.inf)
             hi = v.max(axis=0) if len(v) else np.full(v.shape[1], -np.inf)
             binary = np.all((v == 0) | (v == 1), axis=0)
-            whole = np.all(np.isclose(v, np.round(v)) | ~finite, axis=0)
+            r = np.round(v)  # np.isclose(v, r)'s test, without its checks for infinities (masked here)
+            whole = np.all((np.abs(v - r) <= 1e-8 + 1e-5 * np.abs(r)) | ~finite, axis=0)
         return cls(n=int(v.shape[0]), mean=mean, m2=m2, min=lo, max=hi, nan=nan.sum(axis=0),
                    inf=(~finite & ~nan).sum(axis=0), binary=binary, whole=whole,
                    missing_rows=np.bincount(per_row, minlength=1))
@@ -367,6 +368,24 @@ def table_inputs(df: Any, features: list[str]) -> np.ndarray:
     return df[features].to_numpy(dtype=np.float32, na_value=np.nan)
 
 
+def arrow_inputs(table: Any, features: list[str]) -> np.ndarray:
+    """`table_inputs` of a pyarrow table or record batch, column by column without a pandas
+    frame (the streamed pass's reader): integer and floating columns cast straight into the
+    float32 matrix, as pandas casts them (a null is NaN); any other type goes through pandas."""
+    import pyarrow as pa
+
+    out = np.empty((table.num_rows, len(features)), np.float32)
+    for j, name in enumerate(features):
+        col = table.column(name)
+        if isinstance(col, pa.ChunkedArray):
+            col = col.combine_chunks()
+        if not (pa.types.is_integer(col.type) or pa.types.is_floating(col.type)):
+            return table_inputs(table.to_pandas(), features)
+        # with nulls, arrow gives float64 with NaN, as pandas does
+        out[:, j] = col.to_numpy(zero_copy_only=False)
+    return out
+
+
 class ParquetPart(Part):
     """A Parquet file's feature columns, read a row group (or a batch of one) at a time."""
 
@@ -392,7 +411,7 @@ class ParquetPart(Part):
         cached = getattr(self, "_cached", None)
         if cached is None or cached[0] != g:
             table = self._pf().read_row_group(g, columns=self.features)
-            cached = (g, table_inputs(table.to_pandas(), self.features))
+            cached = (g, arrow_inputs(table, self.features))
             self._cached = cached
         return cached[1]
 
@@ -421,7 +440,7 @@ class ParquetPart(Part):
             end = pos + batch.num_rows
             if end > start:
                 a, b = max(start, pos) - pos, min(stop, end) - pos
-                yield table_inputs(batch.slice(a, b - a).to_pandas(), self.features)
+                yield arrow_inputs(batch.slice(a, b - a), self.features)
             pos = end
             if pos >= stop:
                 break

@@ -70,6 +70,17 @@ def test_delong_on_sorted_sides_equals_the_per_sample_components(ties: bool) -> 
     assert fast.ci == pytest.approx(ref.ci, abs=1e-12)
 
 
+def test_streamed_predictions_are_the_arg_max_of_the_logits_as_of_the_probabilities() -> None:
+    """A streamed dataset's predictions are the logits' arg-max (no softmax pass): equal to
+    the probabilities' arg-max, ties and extreme scales included."""
+    rng = np.random.default_rng(0)
+    for scale in (1.0, 100.0, 1e4, 1e-6):
+        z = (rng.normal(size=(20_000, 5)) * scale).astype(np.float32)
+        z[::7, 2] = z[::7, 1]
+        z[::11] = 0
+        np.testing.assert_array_equal(z.argmax(axis=1), logits_to_proba(z).argmax(axis=1))
+
+
 def test_moments_merged_over_chunks_equal_the_whole_array() -> None:
     v = np.random.default_rng(4).lognormal(size=10_001) + 1e6  # a large mean: a naive sum of squares loses digits
     m = stats.Moments()
