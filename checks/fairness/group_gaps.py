@@ -83,7 +83,7 @@ _HASH_KEYS = np.array([[0x9E3779B97F4A7C15, 0xC2B2AE3D27D4EB4F], [0xD6E8FEB86659
 _ABOVE_LATIN1 = np.uint64(0xFFFFFF00FFFFFF00)
 # word j x 2^(8j): its two code points land on bits 8j.. and 32 + 8j.. (j < 4: disjoint)
 _PACK = np.array([1 << (8 * j) for j in range(4)], dtype=np.uint64)
-_VERIFY_CHUNK = 1 << 16  # rows per step of the collision guard: its buffers stay in cache
+_BLOCK = 1 << 14  # rows per step of the passes over the words: their temporaries stay in cache
 
 
 def _fixed_width(values: Any) -> bool:
@@ -114,12 +114,18 @@ def _exact_keys(values: np.ndarray, words: np.ndarray) -> np.ndarray | None:
     """Each value itself as one uint64, where it fits: bytes ('S') of at most 8, or text of
     at most 8 code points each below 256. Distinct values have distinct keys, so no hash and
     no collision guard. None when some value does not fit."""
-    w = words.shape[1]
+    n, w = words.shape
     if values.dtype.kind == "S":
         return words[:, 0] if w == 1 else None
-    if w > len(_PACK) or np.bitwise_or.reduce(words.ravel()) & _ABOVE_LATIN1:
+    if w > len(_PACK):
         return None
-    return words @ _PACK[:w]  # the code points of every word on disjoint bits: exact
+    keys = np.empty(n, np.uint64)
+    above = np.uint64(0)
+    for s in range(0, n, _BLOCK):  # by blocks of rows: the words are read from memory once
+        np.matmul(words[s:s + _BLOCK], _PACK[:w], out=keys[s:s + _BLOCK])
+        above |= np.bitwise_or.reduce(words[s:s + _BLOCK].ravel())
+    # the code points of every word land on disjoint bits: exact if all are below 256
+    return None if above & _ABOVE_LATIN1 else keys
 
 
 def _unpack(keys: np.ndarray, dtype: np.dtype, w: int) -> list[str]:
@@ -159,21 +165,29 @@ def _hashed_codes(columns: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray] | 
     differing word can never collide). None when they disagree: the caller then factorizes
     strings."""
     n = columns[0].shape[0]
-    h = np.zeros((2, n), np.uint64)
+    words = [_words(v) for v in columns]
+    keys = []
     start = 0
-    for values in columns:
-        words = _words(values)
-        j = np.arange(start, start + words.shape[1])
-        start += words.shape[1]
-        keys = (_HASH_KEYS[j % len(_HASH_KEYS)] * (j.astype(np.uint64)[:, None] * np.uint64(2) + np.uint64(1))).T
-        h += np.ascontiguousarray(keys) @ words.T  # (2, N): each hash one contiguous row, wraps modulo 2^64
+    for w in words:  # odd keys, different for every word of every column
+        j = np.arange(start, start + w.shape[1])
+        start += w.shape[1]
+        keys.append(_HASH_KEYS[j % len(_HASH_KEYS)] * (j.astype(np.uint64)[:, None] * np.uint64(2) + np.uint64(1)))
+    h = np.empty((2, n), np.uint64)
+    block = np.empty((min(n, _BLOCK), 2), np.uint64)
+    part = np.empty_like(block)
+    for s in range(0, n, _BLOCK):  # by blocks of rows: words read once, partial sums in cache
+        m = min(n - s, _BLOCK)
+        np.matmul(words[0][s:s + m], keys[0], out=block[:m])  # wraps modulo 2^64
+        for w, k in zip(words[1:], keys[1:]):
+            block[:m] += np.matmul(w[s:s + m], k, out=part[:m])
+        h[:, s:s + m] = block[:m].T  # each hash one contiguous row, for factorize
     codes, uniques = pd.factorize(h[0])
     first = _first_rows(codes, len(uniques))
     expect = h[1][first]
-    buf = np.empty(min(n, _VERIFY_CHUNK), np.uint64)
-    for s in range(0, n, _VERIFY_CHUNK):  # the second hash of each row is its group's
-        part = codes[s:s + _VERIFY_CHUNK]
-        if not np.array_equal(np.take(expect, part, out=buf[: len(part)]), h[1][s:s + _VERIFY_CHUNK]):
+    buf = np.empty(min(n, _BLOCK), np.uint64)
+    for s in range(0, n, _BLOCK):  # the second hash of each row is its group's
+        rows = codes[s:s + _BLOCK]
+        if not np.array_equal(np.take(expect, rows, out=buf[: len(rows)]), h[1][s:s + _BLOCK]):
             return None
     return codes, first
 
