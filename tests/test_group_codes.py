@@ -94,6 +94,12 @@ def test_bytes_values(kind: str) -> None:
     _check(values)
 
 
+@pytest.mark.parametrize("dtype", ["<U3", "<U12", "S2", "S9"])  # packed and hashed, text and bytes
+def test_no_rows_and_one_row(dtype: str) -> None:
+    _check(np.array([], dtype=dtype))
+    _check(np.array(["ab"], dtype=dtype))
+
+
 def test_a_hash_collision_falls_back_to_strings(monkeypatch: pytest.MonkeyPatch) -> None:
     keys = group_gaps._HASH_KEYS.copy()
     keys[:, 0] = 0  # the first hash collides for every value; the second one notices

@@ -56,7 +56,7 @@ class Groups:
 
     attrs: list[str]
     keys: list[tuple[str, ...]]   # attribute values per group
-    codes: np.ndarray             # (N,) group index per row
+    codes: np.ndarray             # (N,) group index per row, in the smallest signed integer type
 
     def label(self, g: int) -> str:
         return ", ".join(self.keys[g])
@@ -136,7 +136,7 @@ def _unpack(keys: np.ndarray, dtype: np.dtype, w: int) -> list[str]:
         shift = np.arange(w, dtype=np.uint64) * np.uint64(8)
         k = keys[:, None]
         words = ((k >> shift) & np.uint64(0xFF)) | (((k >> (shift + np.uint64(32))) & np.uint64(0xFF)) << np.uint64(32))
-    raw = np.ascontiguousarray(words).view(np.uint8).reshape(len(keys), -1)[:, : dtype.itemsize]
+    raw = np.ascontiguousarray(words).view(np.uint8).reshape(len(keys), 8 * words.shape[1])[:, : dtype.itemsize]
     return [str(v) for v in np.ascontiguousarray(raw).view(dtype).ravel()]
 
 
