@@ -56,7 +56,7 @@ class Groups:
 
     attrs: list[str]
     keys: list[tuple[str, ...]]   # attribute values per group
-    codes: np.ndarray             # (N,) group index per row
+    codes: np.ndarray             # (N,) group index per row, in the smallest signed integer type
 
     def label(self, g: int) -> str:
         return ", ".join(self.keys[g])
@@ -78,69 +78,170 @@ _HASH_KEYS = np.array([[0x9E3779B97F4A7C15, 0xC2B2AE3D27D4EB4F], [0xD6E8FEB86659
                        [0xFF51AFD7ED558CCD, 0xC4CEB9FE1A85EC53], [0xA0761D6478BD642F, 0xE7037ED1A0B428DB],
                        [0x8EBC6AF09C88C6E3, 0x589965CC75374CC3], [0x1D8E4E27C47D124F, 0x94D049BB133111EB],
                        [0xBF58476D1CE4E5B9, 0x2545F4914F6CDD1D]], dtype=np.uint64)
+# A word of a '<U' array holds two UTF-32 code points, one per 32-bit half; code points
+# below 256 leave these bits zero.
+_ABOVE_LATIN1 = np.uint64(0xFFFFFF00FFFFFF00)
+# word j x 2^(8j): its two code points land on bits 8j.. and 32 + 8j.. (j < 4: disjoint)
+_PACK = np.array([1 << (8 * j) for j in range(4)], dtype=np.uint64)
+_BLOCK = 1 << 14  # rows per step of the passes over the words: their temporaries stay in cache
 
 
-def _fixed_width_codes(values: np.ndarray) -> tuple[np.ndarray, list[str]] | None:
-    """Codes of a fixed-width NumPy string array ('<U', 'S': what the loaders hold) from its
-    bytes, without making N Python strings: each row's 8-byte words get two independent
-    64-bit linear hashes (one integer matrix product: sum of odd keys x words, modulo
-    2^64); the first is factorized (pandas' integer hash table, O(N)), the second must
-    agree within every group, so two different values merge only if both hashes collide
-    (odds about 2^-128; a single differing word can never collide). None when they
-    disagree: the caller then factorizes strings."""
+def _fixed_width(values: Any) -> bool:
+    return isinstance(values, np.ndarray) and values.dtype.kind in "US" and values.ndim == 1
+
+
+def _code_dtype(n_codes: int) -> type[np.signedinteger]:
+    """The smallest signed integer type for codes 0..n_codes-1: less memory per row to write
+    and to read again."""
+    for t in (np.int8, np.int16, np.int32):
+        if n_codes - 1 <= np.iinfo(t).max:
+            return t
+    return np.int64
+
+
+def _words(values: np.ndarray) -> np.ndarray:
+    """(N, w) uint64 view of a fixed-width string array's bytes, zero-padded to whole words
+    (copied only when the item size is not a multiple of 8)."""
     n = values.shape[0]
-    raw = np.ascontiguousarray(values).view(np.uint8).reshape(n, -1)
-    if raw.shape[1] == 0:
-        return np.zeros(n, np.int64), [""] * min(n, 1)
+    raw = np.ascontiguousarray(values).view(np.uint8).reshape(n, values.dtype.itemsize)
     pad = (-raw.shape[1]) % 8
     if pad:
         raw = np.concatenate([raw, np.zeros((n, pad), np.uint8)], axis=1)
-    words = raw.view(np.uint64)
-    w = words.shape[1]
-    keys = _HASH_KEYS[np.arange(w) % len(_HASH_KEYS)] * (np.arange(w, dtype=np.uint64)[:, None] * 2 + 1)
-    h = words @ keys  # (n, 2), wraps modulo 2^64
-    codes, _ = pd.factorize(h[:, 0])
-    # factorize numbers values in order of first appearance: the running maximum of the
-    # codes steps up exactly at each value's first row (one sequential pass)
-    top = np.maximum.accumulate(codes)
-    first = np.concatenate([[0], np.flatnonzero(top[1:] != top[:-1]) + 1]) if n else np.zeros(0, np.int64)
-    second = np.ascontiguousarray(h[:, 1])
-    if not np.array_equal(second, second[first][codes]):
+    return raw.view(np.uint64)
+
+
+def _exact_keys(values: np.ndarray, words: np.ndarray) -> np.ndarray | None:
+    """Each value itself as one uint64, where it fits: bytes ('S') of at most 8, or text of
+    at most 8 code points each below 256. Distinct values have distinct keys, so no hash and
+    no collision guard. None when some value does not fit."""
+    n, w = words.shape
+    if values.dtype.kind == "S":
+        return words[:, 0] if w == 1 else None
+    if w > len(_PACK):
         return None
-    return codes.astype(np.int64), [str(values[i]) for i in first]
+    keys = np.empty(n, np.uint64)
+    above = np.uint64(0)
+    for s in range(0, n, _BLOCK):  # by blocks of rows: the words are read from memory once
+        np.matmul(words[s:s + _BLOCK], _PACK[:w], out=keys[s:s + _BLOCK])
+        above |= np.bitwise_or.reduce(words[s:s + _BLOCK].ravel())
+    # the code points of every word land on disjoint bits: exact if all are below 256
+    return None if above & _ABOVE_LATIN1 else keys
 
 
-def _factorize(values: np.ndarray) -> tuple[np.ndarray, list[str]]:
+def _unpack(keys: np.ndarray, dtype: np.dtype, w: int) -> list[str]:
+    """The values of exact keys (the inverse of `_exact_keys`), as str(values[i]) reads them."""
+    if dtype.kind == "S":
+        words = keys[:, None]
+    else:
+        shift = np.arange(w, dtype=np.uint64) * np.uint64(8)
+        k = keys[:, None]
+        words = ((k >> shift) & np.uint64(0xFF)) | (((k >> (shift + np.uint64(32))) & np.uint64(0xFF)) << np.uint64(32))
+    raw = np.ascontiguousarray(words).view(np.uint8).reshape(len(keys), 8 * words.shape[1])[:, : dtype.itemsize]
+    return [str(v) for v in np.ascontiguousarray(raw).view(dtype).ravel()]
+
+
+def _first_rows(codes: np.ndarray, n_codes: int) -> np.ndarray:
+    """Row of each code's first appearance, for codes numbered in order of first appearance
+    (as factorize numbers them): the running maximum steps up exactly there. Scanned over a
+    growing prefix, as every group usually appears within the first rows."""
+    if n_codes == 0:
+        return np.zeros(0, np.int64)
+    m = 4096
+    while True:
+        top = np.maximum.accumulate(codes[:m])
+        if top[-1] == n_codes - 1 or m >= len(codes):
+            break
+        m *= 8
+    return np.concatenate([[0], np.flatnonzero(top[1:] != top[:-1]) + 1])
+
+
+def _hashed_codes(columns: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray] | None:
+    """Codes of the rows' value combinations over fixed-width string columns, numbered in
+    order of first appearance, and the first row of each, from the bytes (no Python string
+    per row): every 8-byte word of a row gets two independent 64-bit linear hashes (one
+    integer matrix product per column: sum of odd keys x words, modulo 2^64). The first is
+    factorized (pandas' integer hash table, O(N)); the second must agree within every group,
+    so two different rows merge only if both hashes collide (odds about 2^-128; a single
+    differing word can never collide). None when they disagree: the caller then factorizes
+    strings."""
+    n = columns[0].shape[0]
+    words = [_words(v) for v in columns]
+    keys = []
+    start = 0
+    for w in words:  # odd keys, different for every word of every column
+        j = np.arange(start, start + w.shape[1])
+        start += w.shape[1]
+        keys.append(_HASH_KEYS[j % len(_HASH_KEYS)] * (j.astype(np.uint64)[:, None] * np.uint64(2) + np.uint64(1)))
+    h = np.empty((2, n), np.uint64)
+    block = np.empty((min(n, _BLOCK), 2), np.uint64)
+    part = np.empty_like(block)
+    for s in range(0, n, _BLOCK):  # by blocks of rows: words read once, partial sums in cache
+        m = min(n - s, _BLOCK)
+        np.matmul(words[0][s:s + m], keys[0], out=block[:m])  # wraps modulo 2^64
+        for w, k in zip(words[1:], keys[1:]):
+            block[:m] += np.matmul(w[s:s + m], k, out=part[:m])
+        h[:, s:s + m] = block[:m].T  # each hash one contiguous row, for factorize
+    codes, uniques = pd.factorize(h[0])
+    first = _first_rows(codes, len(uniques))
+    expect = h[1][first]
+    buf = np.empty(min(n, _BLOCK), np.uint64)
+    for s in range(0, n, _BLOCK):  # the second hash of each row is its group's
+        rows = codes[s:s + _BLOCK]
+        if not np.array_equal(np.take(expect, rows, out=buf[: len(rows)]), h[1][s:s + _BLOCK]):
+            return None
+    return codes, first
+
+
+def _sorted_codes(codes: np.ndarray, labels: list[Any]) -> tuple[np.ndarray, list[Any]]:
+    """Codes renumbered so that labels are sorted (one gather into the smallest dtype)."""
+    order = sorted(range(len(labels)), key=labels.__getitem__)
+    rank = np.empty(len(labels), _code_dtype(len(labels)))
+    rank[order] = np.arange(len(labels))
+    return np.take(rank, codes), [labels[i] for i in order]
+
+
+def _factorize(values: Any) -> tuple[np.ndarray, list[str]]:
     """Codes into sorted string labels, hashing rather than sorting the N values (O(N));
     missing values become their own '(missing)' group. Fixed-width string arrays are
-    factorized from their bytes (no Python string per row); a pandas Categorical gives
-    its codes."""
-    fast = None
+    factorized from their bytes (no Python string per row): short values exactly, longer
+    ones by hashing; a pandas Categorical gives its codes."""
+    if _fixed_width(values):
+        if values.dtype.itemsize == 0:
+            return np.zeros(len(values), np.int8), [""] * min(len(values), 1)
+        words = _words(values)
+        keys = _exact_keys(values, words)
+        if keys is not None:
+            codes, uniques = pd.factorize(keys)
+            return _sorted_codes(codes, _unpack(uniques, values.dtype, words.shape[1]))
+        hashed = _hashed_codes([values])
+        if hashed is not None:
+            codes, first = hashed
+            return _sorted_codes(codes, [str(values[i]) for i in first])
     if isinstance(values, pd.Categorical):
-        codes, uniques = values.codes.astype(np.int64), list(values.categories)
-        fast = codes, [str(u) for u in uniques]
-    elif isinstance(values, np.ndarray) and values.dtype.kind in "US" and values.ndim == 1:
-        fast = _fixed_width_codes(values)
-    if fast is not None:
-        codes, labels = fast
+        codes, labels = values.codes.astype(np.int64), [str(u) for u in values.categories]
     else:
         codes, uniques = pd.factorize(pd.Series(np.asarray(values)), use_na_sentinel=True)
         labels = [str(u) for u in uniques]
     if (codes < 0).any():
         codes = np.where(codes < 0, len(labels), codes)
         labels.append("(missing)")
-    order = np.argsort(np.array(labels, dtype=object), kind="stable")
-    rank = np.empty(len(labels), np.int64)
-    rank[order] = np.arange(len(labels))
-    return rank[codes], [labels[i] for i in order]
+    return _sorted_codes(codes, labels)
 
 
 def make_groups(ds: Dataset, attrs: list[str]) -> Groups:
     check_attributes(ds, attrs)
-    per_attr = [_factorize(ds.sensitive[a]) for a in attrs]
-    if len(per_attr) == 1:  # one attribute: every label was observed, its codes are the groups
-        codes, labels = per_attr[0]
+    columns = [ds.sensitive[a] for a in attrs]
+    if len(columns) == 1:  # one attribute: every label was observed, its codes are the groups
+        codes, labels = _factorize(columns[0])
         return Groups(list(attrs), [(label,) for label in labels], codes)
+    if all(_fixed_width(v) and v.dtype.itemsize for v in columns):
+        # one hash over the bytes of all the columns: the observed combinations directly
+        hashed = _hashed_codes(columns)
+        if hashed is not None:
+            codes, first = hashed
+            codes, keys = _sorted_codes(codes, [tuple(str(v[i]) for v in columns) for i in first])
+            return Groups(list(attrs), keys, codes)
+    per_attr = [_factorize(v) for v in columns]
     combined = np.zeros(len(ds), np.int64)
     for codes, labels in per_attr:  # mixed-radix code of the value combination
         combined = combined * len(labels) + codes
@@ -150,9 +251,10 @@ def make_groups(ds: Dataset, attrs: list[str]) -> Groups:
     if space <= 4 * len(combined) + 1024:
         seen = np.bincount(combined, minlength=space) > 0
         observed = np.flatnonzero(seen)
-        codes = (np.cumsum(seen) - 1)[combined]
+        codes = np.take((np.cumsum(seen) - 1).astype(_code_dtype(len(observed))), combined)
     else:
         observed, codes = np.unique(combined, return_inverse=True)
+        codes = codes.ravel().astype(_code_dtype(len(observed)))
     keys = []
     for c in observed:
         parts = []
@@ -160,7 +262,7 @@ def make_groups(ds: Dataset, attrs: list[str]) -> Groups:
             c, r = divmod(int(c), len(labels))
             parts.append(labels[r])
         keys.append(tuple(reversed(parts)))
-    return Groups(list(attrs), keys, codes.ravel())
+    return Groups(list(attrs), keys, codes)
 
 
 def check_attributes(ds: Dataset, attrs: list[str]) -> None:
@@ -178,7 +280,7 @@ def check_attributes(ds: Dataset, attrs: list[str]) -> None:
 
 def group_counts(codes: np.ndarray, y_bin: np.ndarray, p_bin: np.ndarray, n_groups: int) -> np.ndarray:
     """(G, 2, 2) counts: [group, true is positive, predicted positive]."""
-    idx = codes.astype(np.int64, copy=False) * 4
+    idx = np.multiply(codes, 4, dtype=np.int64)  # codes may be a small integer type
     y_bin = y_bin.astype(np.int64, copy=False)
     idx += y_bin
     idx += y_bin  # twice: no temporary for y * 2
