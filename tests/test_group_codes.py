@@ -172,3 +172,28 @@ def test_intersectional_groups_are_the_observed_combinations_in_order() -> None:
     pairs = sorted({(s, r) for s, r in zip(sex, race)})
     assert g.keys == pairs  # ('Female', 'Other') never occurs: no empty group
     assert [g.keys[c] for c in g.codes[:50]] == list(zip(sex[:50], race[:50]))
+
+
+def test_intersectional_groups_of_categoricals_combined_in_chunks_equal_the_object_path(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Streamed datasets hold sensitive columns as Categoricals (with missing values): their
+    combinations, built chunk by chunk into the smallest code type, are the groups the
+    object-array path finds."""
+    import checks.fairness.group_gaps as gg
+    from audit.dataset import Dataset
+
+    rng = np.random.default_rng(0)
+    n = 5000
+    a = rng.choice(np.array(["x", "y", "zz", None], dtype=object), n)
+    b = rng.choice([f"c{i}" for i in range(140)], n).astype(object)
+
+    def groups(sa: object, sb: object) -> gg.Groups:
+        ds = Dataset("t", np.zeros((n, 1), np.float32), np.zeros(n, np.int64), "tabular", ["0", "1"],
+                     sensitive={"a": sa, "b": sb})
+        return gg.make_groups(ds, ["a", "b"])
+
+    monkeypatch.setattr(gg, "_CHUNK_ROWS", 777)
+    cat, obj = groups(pd.Categorical(a), pd.Categorical(b)), groups(a, b)
+    assert cat.keys == obj.keys and ("(missing)", "c0") in cat.keys
+    assert cat.codes.dtype == np.int16 and len(cat.keys) > 127
+    np.testing.assert_array_equal(cat.codes, obj.codes)

@@ -27,6 +27,7 @@ from audit.stats import COUNT_RESAMPLES, from_draws, percentile_ci, resample_cou
 
 RATES = ("base_rate", "selection_rate", "tpr", "fpr", "accuracy")
 _CHUNK = 2_000  # resamples per batch: bounds memory when there are many groups
+_CHUNK_ROWS = 1 << 20  # rows combined at a time into intersectional groups
 
 
 class GroupFairnessParams(Params):
@@ -217,8 +218,9 @@ def _factorize(values: Any) -> tuple[np.ndarray, list[str]]:
         if hashed is not None:
             codes, first = hashed
             return _sorted_codes(codes, [str(values[i]) for i in first])
-    if isinstance(values, pd.Categorical):
-        codes, labels = values.codes.astype(np.int64), [str(u) for u in values.categories]
+    if isinstance(values, pd.Categorical):  # its codes, in a type that also holds '(missing)'
+        codes, labels = values.codes, [str(u) for u in values.categories]
+        codes = codes.astype(_code_dtype(len(labels) + 1), copy=False)
     else:
         codes, uniques = pd.factorize(pd.Series(np.asarray(values)), use_na_sentinel=True)
         labels = [str(u) for u in uniques]
@@ -242,18 +244,30 @@ def make_groups(ds: Dataset, attrs: list[str]) -> Groups:
             codes, keys = _sorted_codes(codes, [tuple(str(v[i]) for v in columns) for i in first])
             return Groups(list(attrs), keys, codes)
     per_attr = [_factorize(v) for v in columns]
-    combined = np.zeros(len(ds), np.int64)
-    for codes, labels in per_attr:  # mixed-radix code of the value combination
-        combined = combined * len(labels) + codes
+
+    def combined(rows: slice) -> np.ndarray:  # mixed-radix code of the value combination
+        out = np.zeros(len(range(*rows.indices(len(ds)))), np.int64)
+        for codes, labels in per_attr:
+            out *= len(labels)
+            out += codes[rows]
+        return out
+
     # Only observed combinations become groups: no group of size zero can arise. O(N):
-    # a bincount over the combination space when it is small, else a hash table.
+    # over the combination space when it is small (in chunks of rows: no N-length int64
+    # temporaries), else a hash table.
+    n = len(ds)
     space = int(np.prod([len(labels) for _, labels in per_attr], dtype=np.float64))
-    if space <= 4 * len(combined) + 1024:
-        seen = np.bincount(combined, minlength=space) > 0
+    if space <= 4 * n + 1024:
+        seen = np.zeros(space, bool)
+        for s in range(0, n, _CHUNK_ROWS):
+            seen[combined(slice(s, s + _CHUNK_ROWS))] = True
         observed = np.flatnonzero(seen)
-        codes = np.take((np.cumsum(seen) - 1).astype(_code_dtype(len(observed))), combined)
+        remap = (np.cumsum(seen) - 1).astype(_code_dtype(len(observed)))
+        codes = np.empty(n, remap.dtype)
+        for s in range(0, n, _CHUNK_ROWS):
+            codes[s:s + _CHUNK_ROWS] = remap[combined(slice(s, s + _CHUNK_ROWS))]
     else:
-        observed, codes = np.unique(combined, return_inverse=True)
+        observed, codes = np.unique(combined(slice(0, n)), return_inverse=True)
         codes = codes.ravel().astype(_code_dtype(len(observed)))
     keys = []
     for c in observed:
