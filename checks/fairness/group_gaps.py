@@ -293,13 +293,17 @@ def check_attributes(ds: Dataset, attrs: list[str]) -> None:
 
 
 def group_counts(codes: np.ndarray, y_bin: np.ndarray, p_bin: np.ndarray, n_groups: int) -> np.ndarray:
-    """(G, 2, 2) counts: [group, true is positive, predicted positive]."""
-    idx = np.multiply(codes, 4, dtype=np.int64)  # codes may be a small integer type
-    y_bin = y_bin.astype(np.int64, copy=False)
-    idx += y_bin
-    idx += y_bin  # twice: no temporary for y * 2
-    idx += p_bin.astype(np.int64, copy=False)
-    return np.bincount(idx, minlength=n_groups * 4).reshape(n_groups, 2, 2)
+    """(G, 2, 2) counts: [group, true is positive, predicted positive]; y_bin and p_bin are
+    0/1 (bool or integer). In chunks of rows: the int64 cell index is never N long."""
+    out = np.zeros(n_groups * 4, np.int64)
+    for s in range(0, len(codes), _CHUNK_ROWS):
+        idx = np.multiply(codes[s:s + _CHUNK_ROWS], 4, dtype=np.int64)  # codes may be a small integer type
+        y = y_bin[s:s + _CHUNK_ROWS]
+        np.add(idx, y, out=idx, casting="unsafe")
+        np.add(idx, y, out=idx, casting="unsafe")  # twice: no temporary for y * 2
+        np.add(idx, p_bin[s:s + _CHUNK_ROWS], out=idx, casting="unsafe")
+        out += np.bincount(idx, minlength=n_groups * 4)
+    return out.reshape(n_groups, 2, 2)
 
 
 def count_rates(c: np.ndarray) -> dict[str, np.ndarray]:
@@ -434,8 +438,8 @@ class GroupFairness(Check):
             return self._run_tokens(ctx, params, ds, groups)
         pos = resolve_positive(ds.classes, params.positive_label)
         sufficient = _require_comparable(ds, groups, params)
-        y_bin = (ds.y == pos).astype(np.int64)
-        p_bin = (ctx.predictions(params.data) == pos).astype(np.int64)
+        y_bin = ds.y == pos  # bool: 1 byte per row
+        p_bin = ctx.predictions(params.data) == pos
 
         counts = group_counts(groups.codes, y_bin, p_bin, len(groups.keys))
         by = group_rates(counts)
