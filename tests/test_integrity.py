@@ -222,3 +222,27 @@ def test_row_index_finds_the_smallest_and_largest_hashes() -> None:
     assert [r.tolist() for r in big.duplicates()] == [[4, 5], [0, 2]]
     assert [r.tolist() for r in big.find(small)] == [[1, 2], [2, 0]]
     assert [r.tolist() for r in small.find(big)] == [[0, 2, 4, 5], [2, 1, 2, 1]]
+
+
+def test_token_ids_padded_to_different_widths_are_compared_at_one_width() -> None:
+    rng = np.random.default_rng(12)
+    xtr = np.zeros((300, 9), np.int64)  # right-padded with pad id 0
+    xte = np.zeros((200, 6), np.int64)
+    for x in (xtr, xte):
+        for row, k in zip(x, rng.integers(1, x.shape[1] + 1, len(x))):
+            row[:k] = rng.integers(1, 50, k)
+    xte[:20, :5] = xtr[:20, :5]
+    xte[:20, 5] = 0
+    xtr[:20, 5:] = 0  # 20 test rows also in train once padded to one width
+    xte[30] = xte[40]  # and one copy inside the test set
+    y = lambda n: np.arange(n) % 3  # noqa: E731
+    ctx = Context.from_objects({"train": Dataset("train", xtr, y(300), "text", CLASSES, meta={"pad_id": 0}),
+                                "test": Dataset("test", xte, y(200), "text", CLASSES, meta={"pad_id": 0})}, model())
+    m = run(ctx)
+    # the reference: row bytes at width 9
+    pad = np.zeros((200, 9), np.int64)
+    pad[:, :6] = xte
+    dup, _, _, _ = _reference(pad, xtr)
+    _, _, test_hit, _ = _reference(xtr, pad)
+    assert m.metrics["train_test_overlap"].value == len(test_hit) / 200 and len(test_hit) >= 20
+    assert m.metrics["duplicate_fraction"].value == len(dup) / 200 and len(dup) >= 1
