@@ -235,7 +235,7 @@ def test_token_ids_padded_to_different_widths_are_compared_at_one_width() -> Non
     xte[:20, 5] = 0
     xtr[:20, 5:] = 0  # 20 test rows also in train once padded to one width
     xte[30] = xte[40]  # and one copy inside the test set
-    y = lambda n: np.arange(n) % 3  # noqa: E731
+    y = lambda n: np.arange(n) % 3
     ctx = Context.from_objects({"train": Dataset("train", xtr, y(300), "text", CLASSES, meta={"pad_id": 0}),
                                 "test": Dataset("test", xte, y(200), "text", CLASSES, meta={"pad_id": 0})}, model())
     m = run(ctx)

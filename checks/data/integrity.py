@@ -19,7 +19,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import pandas as pd
 from pydantic import Field
 from scipy.stats import chi2_contingency
 
@@ -38,12 +37,18 @@ class IntegrityParams(Params):
 
 
 _CONFIRM_ROWS = 65_536  # rows compared byte for byte at a time
-_SCAN_ROWS = 1 << 20  # rows looked up at a time: bounds the temporaries of a scan (~17 MiB)
+_SCAN_ROWS = 1 << 20  # rows looked up at a time: bounds a scan's temporaries (~10-20 MiB)
+
+
+def _distinct(s: np.ndarray) -> np.ndarray:
+    """Distinct values of the sorted array `s` (np.unique would sort again, and on uint64
+    it is ~100x slower here)."""
+    return s[np.r_[True, s[1:] != s[:-1]]] if s.size else s
 
 
 def _repeated(s: np.ndarray) -> np.ndarray:
     """Sorted distinct values that occur more than once in the sorted array `s`."""
-    return np.unique(s[1:][s[1:] == s[:-1]])
+    return _distinct(s[1:][s[1:] == s[:-1]])
 
 
 def _common(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -59,7 +64,7 @@ def _common(a: np.ndarray, b: np.ndarray) -> np.ndarray:
         q = a[s:s + _SCAN_ROWS]
         pos = np.minimum(np.searchsorted(b, q), b.size - 1)
         out.append(q[b[pos] == q])
-    return np.unique(np.concatenate(out)) if out else np.zeros(0, a.dtype)
+    return _distinct(np.concatenate(out)) if out else np.zeros(0, a.dtype)  # sorted, as `a` is
 
 
 def _rows_with(h: np.ndarray, values: np.ndarray) -> np.ndarray:
@@ -83,9 +88,9 @@ def _rows_with(h: np.ndarray, values: np.ndarray) -> np.ndarray:
 
 
 def _first_of_each(h: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """For ascending `rows`: the first row of each one's hash value (per row), and the
-    sorted distinct values with the first row of each. A stable sort of the few rows keeps
-    each value's rows ascending, so the head of each run is its first row."""
+    """For ascending `rows`: per row, the first of them with its hash; and per distinct
+    hash (ascending), its first row. A stable sort of these (few) rows keeps each hash's
+    rows ascending, so the head of each run is its first row."""
     vals = h[rows]
     order = np.argsort(vals, kind="stable")
     v = vals[order]
@@ -93,7 +98,7 @@ def _first_of_each(h: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndar
     firsts = rows[order[head]]
     rep = np.empty_like(rows)
     rep[order] = np.repeat(firsts, np.diff(np.r_[head, v.size]))
-    return rep, v[head], firsts
+    return rep, firsts
 
 
 @dataclass
@@ -141,9 +146,10 @@ class RowIndex:
         """Rows that are exact copies of an earlier row, and that earlier row's index."""
         rows = _rows_with(self.hashes, _repeated(self.sorted))
         rep = _first_of_each(self.hashes, rows)[0]
-        cand = rows[rep != rows]
-        same = self._same(cand, self, rep[rep != rows])  # rule out hash collisions
-        return cand[same], rep[rep != rows][same]
+        later = rep != rows
+        cand, of = rows[later], rep[later]
+        same = self._same(cand, self, of)  # rule out hash collisions
+        return cand[same], of[same]
 
     def find(self, other: RowIndex) -> tuple[np.ndarray, np.ndarray]:
         """Rows of `other` that also occur here, and the index of their first copy here."""
@@ -151,7 +157,7 @@ class RowIndex:
             return np.zeros(0, np.int64), np.zeros(0, np.int64)
         shared = _common(self.sorted, other.sorted)
         # first row here of each shared value (every one occurs here, so aligned with `shared`)
-        firsts = _first_of_each(self.hashes, _rows_with(self.hashes, shared))[2]
+        firsts = _first_of_each(self.hashes, _rows_with(self.hashes, shared))[1]
         hit = _rows_with(other.hashes, shared)
         mine = firsts[np.searchsorted(shared, other.hashes[hit])]
         same = other._same(hit, self, mine)
