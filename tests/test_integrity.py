@@ -11,7 +11,9 @@ from scipy.stats import chi2_contingency
 from audit.context import Context
 from audit.dataset import Dataset, LoadedModel
 from audit.errors import SpecError
+from audit.lazy import row_words
 from audit.spec import parse_spec
+from checks.data import integrity
 from checks.data.integrity import DataIntegrity, RowIndex
 
 CLASSES = ["a", "b", "c"]
@@ -135,3 +137,112 @@ def test_unknown_reference_dataset_is_a_spec_error() -> None:
         parse_spec({"name": "x", "model": {"fixture": "digits-cnn"},
                     "data": {"test": {"fixture": "digits", "split": "test"}},
                     "checks": [{"id": "d", "check": "data.integrity", "train": "trian"}]})
+
+
+def _reference(x: np.ndarray, y: np.ndarray) -> tuple[list[int], list[int], list[int], list[int]]:
+    """Duplicates of x and rows of y also in x, from a dict of each row's bytes."""
+    first: dict[bytes, int] = {}
+    dup, dup_of = [], []
+    for i, row in enumerate(x):
+        j = first.setdefault(row.tobytes(), i)
+        if j != i:
+            dup.append(i)
+            dup_of.append(j)
+    hits = [(i, first[row.tobytes()]) for i, row in enumerate(y) if row.tobytes() in first]
+    return dup, dup_of, [i for i, _ in hits], [j for _, j in hits]
+
+
+@pytest.mark.parametrize("chunk", [1 << 20, 64])  # one chunk, and many (offsets across chunks)
+@pytest.mark.parametrize("levels", [3, 1000, None])  # mostly copies, some, only the planted ones
+def test_row_index_matches_a_dict_of_row_bytes_with_planted_copies_and_collisions(
+        levels: int | None, chunk: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(integrity, "_SCAN_ROWS", chunk)
+    rng = np.random.default_rng(11)
+    n, m = 2000, 1500
+
+    def rows(k: int) -> np.ndarray:
+        return (rng.random((k, 5)) if levels is None else rng.integers(0, levels, (k, 5))).astype(np.float32)
+
+    x, y = rows(n), rows(m)
+    x[rng.choice(n, 100)] = x[rng.choice(n, 100)]  # copies in either direction
+    y[rng.choice(m, 80)] = x[rng.choice(n, 80)]  # rows of y also in x
+    y[-1] = x[-1]  # the last row of each
+    hx, hy = RowIndex.of(x).hashes.copy(), RowIndex.of(y).hashes.copy()
+    dup, dup_of, hit, where = _reference(x, y)
+    if levels is None:
+        # plant hash collisions between different rows (rows that have no copy, so the
+        # reference is unchanged): only the byte comparison can rule them out
+        ux = [i for i in range(n) if i not in dup and i not in dup_of and i not in where]
+        uy = [i for i in range(m) if i not in hit]
+        hx[ux[5]] = hx[ux[0]]
+        hx[ux[6]] = hx[ux[0]]
+        hy[uy[0]] = hx[ux[1]]
+        hy[uy[1]] = hx[ux[0]]
+    wx, wy = row_words(x), row_words(y)
+    ix = RowIndex.from_hashes(hx, lambda i: wx[i], wx.shape[1])
+    iy = RowIndex.from_hashes(hy, lambda i: wy[i], wy.shape[1])
+    got_dup, got_of = ix.duplicates()
+    got_hit, got_where = ix.find(iy)
+    assert (got_dup.tolist(), got_of.tolist()) == (dup, dup_of)
+    assert (got_hit.tolist(), got_where.tolist()) == (hit, where)
+    assert len(hit) >= 50 and len(dup) >= 50
+    if levels is None:
+        assert np.unique(hx).size < n - len(dup) and len(set(hy) & set(hx)) > len(set(where))  # collisions are in
+
+
+def test_row_index_degenerate_cases() -> None:
+    same = np.ones((50, 3), np.float32)
+    dup, of = RowIndex.of(same).duplicates()
+    assert dup.tolist() == list(range(1, 50)) and of.tolist() == [0] * 49
+    hit, where = RowIndex.of(same).find(RowIndex.of(same[:4]))
+    assert hit.tolist() == [0, 1, 2, 3] and where.tolist() == [0] * 4
+    full = RowIndex.of(same)
+    # (row_words cannot view 0 rows: an empty set built from its (0,) hashes)
+    empty = RowIndex.from_hashes(np.zeros(0, np.uint64), lambda i: np.zeros((len(i), 2), np.uint64), 2)
+    for a, b in [(empty, full), (full, empty), (empty, empty)]:
+        hit, where = a.find(b)
+        assert hit.size == where.size == 0 and hit.dtype == where.dtype == np.int64
+    dup, of = empty.duplicates()
+    assert dup.size == of.size == 0 and dup.dtype == of.dtype == np.int64
+    # rows of another width are never found, even with equal hashes
+    narrow = RowIndex.of(same)
+    wide = RowIndex.from_hashes(narrow.hashes, lambda i: np.zeros((len(i), 3), np.uint64), 3)
+    assert narrow.find(wide)[0].size == 0 and wide.find(narrow)[0].size == 0
+
+
+def _by_value(h: list[int]) -> RowIndex:
+    """An index whose rows are their own hashes (one word each)."""
+    a = np.array(h, np.uint64)
+    return RowIndex.from_hashes(a, lambda i: a[i].reshape(-1, 1), 1)
+
+
+def test_row_index_finds_the_smallest_and_largest_hashes() -> None:
+    top = 2**64 - 1
+    big, small = _by_value([top, 5, 0, 9, top, 0, 7]), _by_value([8, 0, top])
+    assert [r.tolist() for r in big.duplicates()] == [[4, 5], [0, 2]]
+    assert [r.tolist() for r in big.find(small)] == [[1, 2], [2, 0]]
+    assert [r.tolist() for r in small.find(big)] == [[0, 2, 4, 5], [2, 1, 2, 1]]
+
+
+def test_token_ids_padded_to_different_widths_are_compared_at_one_width() -> None:
+    rng = np.random.default_rng(12)
+    xtr = np.zeros((300, 9), np.int64)  # right-padded with pad id 0
+    xte = np.zeros((200, 6), np.int64)
+    for x in (xtr, xte):
+        for row, k in zip(x, rng.integers(1, x.shape[1] + 1, len(x))):
+            row[:k] = rng.integers(1, 50, k)
+    xte[:20, :5] = xtr[:20, :5]
+    xte[:20, 5] = 0
+    xtr[:20, 5:] = 0  # 20 test rows also in train once padded to one width
+    xte[30] = xte[40]  # and one copy inside the test set
+    y = lambda n: np.arange(n) % 3
+    ctx = Context.from_objects({"train": Dataset("train", xtr, y(300), "text", CLASSES, meta={"pad_id": 0}),
+                                "test": Dataset("test", xte, y(200), "text", CLASSES, meta={"pad_id": 0})}, model())
+    m = run(ctx)
+    # the reference: row bytes at width 9
+    pad = np.zeros((200, 9), np.int64)
+    pad[:, :6] = xte
+    dup, _, _, _ = _reference(pad, xtr)
+    _, _, test_hit, _ = _reference(xtr, pad)
+    assert m.metrics["train_test_overlap"].value == len(test_hit) / 200 and len(test_hit) >= 20
+    assert m.metrics["duplicate_fraction"].value == len(dup) / 200 and len(dup) >= 1

@@ -19,7 +19,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import pandas as pd
 from pydantic import Field
 from scipy.stats import chi2_contingency
 
@@ -38,17 +37,80 @@ class IntegrityParams(Params):
 
 
 _CONFIRM_ROWS = 65_536  # rows compared byte for byte at a time
+_SCAN_ROWS = 1 << 20  # rows looked up at a time: bounds a scan's temporaries (~10-20 MiB)
+
+
+def _distinct(s: np.ndarray) -> np.ndarray:
+    """Distinct values of the sorted array `s` (np.unique would sort again, and on uint64
+    it is ~100x slower here)."""
+    return s[np.r_[True, s[1:] != s[:-1]]] if s.size else s
+
+
+def _repeated(s: np.ndarray) -> np.ndarray:
+    """Sorted distinct values that occur more than once in the sorted array `s`."""
+    return _distinct(s[1:][s[1:] == s[:-1]])
+
+
+def _common(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Sorted distinct values present in both sorted arrays. The smaller array is looked
+    up in the larger, in chunks: sorted queries walk the larger one in order (cache
+    friendly) and the temporaries stay bounded."""
+    if a.size > b.size:
+        a, b = b, a
+    if not b.size:
+        return np.zeros(0, a.dtype)
+    out = []
+    for s in range(0, a.size, _SCAN_ROWS):
+        q = a[s:s + _SCAN_ROWS]
+        pos = np.minimum(np.searchsorted(b, q), b.size - 1)
+        out.append(q[b[pos] == q])
+    return _distinct(np.concatenate(out)) if out else np.zeros(0, a.dtype)  # sorted, as `a` is
+
+
+def _rows_with(h: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """Ascending rows i with h[i] in the sorted `values`, scanned in chunks. A table of
+    which top-bit buckets hold a value (cache resident) rules out most rows with one
+    lookup each; only the rest are searched in `values`. Hashes are well mixed, so the
+    buckets are evenly used; on any other input the result is the same, only slower."""
+    if not values.size:
+        return np.zeros(0, np.int64)
+    shift = np.uint64(64 - int(np.clip(np.log2(values.size) + 6, 12, 22)))  # ~1/64 of buckets set
+    bucket = np.zeros(1 << (64 - int(shift)), bool)
+    bucket[values >> shift] = True
+    out = []
+    for s in range(0, h.size, _SCAN_ROWS):
+        q = h[s:s + _SCAN_ROWS]
+        cand = np.flatnonzero(bucket[q >> shift])
+        qc = q[cand]
+        pos = np.minimum(np.searchsorted(values, qc), values.size - 1)
+        out.append(cand[values[pos] == qc] + s)
+    return np.concatenate(out) if out else np.zeros(0, np.int64)
+
+
+def _first_of_each(h: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """For ascending `rows`: per row, the first of them with its hash; and per distinct
+    hash (ascending), its first row. A stable sort of these (few) rows keeps each hash's
+    rows ascending, so the head of each run is its first row."""
+    vals = h[rows]
+    order = np.argsort(vals, kind="stable")
+    v = vals[order]
+    head = np.flatnonzero(np.r_[True, v[1:] != v[:-1]]) if v.size else np.zeros(0, np.int64)
+    firsts = rows[order[head]]
+    rep = np.empty_like(rows)
+    rep[order] = np.repeat(firsts, np.diff(np.r_[head, v.size]))
+    return rep, firsts
 
 
 @dataclass
 class RowIndex:
-    """Hashes of one dataset's rows, with the first row of each distinct hash, and a way
-    to read the bytes of given rows (to confirm that equal hashes are equal rows)."""
+    """Hashes of one dataset's rows, a sorted copy of them, and a way to read the bytes of
+    given rows (to confirm that equal hashes are equal rows). Sorting instead of a hash
+    table: copies are adjacent in the sorted copy, and only the rows holding a repeated
+    (or shared) value are ever gathered, so the temporaries beyond the sorted copy are
+    bounded by the chunk size and the number of such rows."""
 
     hashes: np.ndarray
-    unique: np.ndarray  # sorted distinct hashes
-    first: np.ndarray  # index of the first row having each distinct hash (in `unique` order)
-    rep: np.ndarray  # per row: the first row with its hash
+    sorted: np.ndarray  # the hashes, sorted
     fetch: Callable[[np.ndarray], np.ndarray]  # row words (uint64) of the given rows
     width: int  # words per row
 
@@ -69,15 +131,8 @@ class RowIndex:
 
     @classmethod
     def from_hashes(cls, h: np.ndarray, fetch: Callable[[np.ndarray], np.ndarray], width: int) -> RowIndex:
-        n = h.size
-        codes, uniques = pd.factorize(h)  # a hash table: O(N), no sort of the rows
-        codes = codes.astype(np.int32 if n < 2**31 else np.int64, copy=False)
-        first = np.empty(len(uniques), np.int64)
-        first[codes[::-1]] = np.arange(n - 1, -1, -1)  # the last write is each hash's first row
-        rep = first[codes]
-        del codes
-        order = np.argsort(uniques, kind="stable")
-        return cls(h, np.asarray(uniques)[order], first[order], rep, fetch, width)
+        h = np.asarray(h, np.uint64)
+        return cls(h, np.sort(h), fetch, width)
 
     def _same(self, mine: np.ndarray, other: RowIndex, theirs: np.ndarray) -> np.ndarray:
         """Byte-for-byte equality of rows `mine` here and rows `theirs` of `other`, in chunks."""
@@ -89,17 +144,22 @@ class RowIndex:
 
     def duplicates(self) -> tuple[np.ndarray, np.ndarray]:
         """Rows that are exact copies of an earlier row, and that earlier row's index."""
-        cand = np.flatnonzero(self.rep != np.arange(self.rep.size))
-        same = self._same(cand, self, self.rep[cand])  # rule out hash collisions
-        return cand[same], self.rep[cand[same]]
+        rows = _rows_with(self.hashes, _repeated(self.sorted))
+        rep = _first_of_each(self.hashes, rows)[0]
+        later = rep != rows
+        cand, of = rows[later], rep[later]
+        same = self._same(cand, self, of)  # rule out hash collisions
+        return cand[same], of[same]
 
     def find(self, other: RowIndex) -> tuple[np.ndarray, np.ndarray]:
         """Rows of `other` that also occur here, and the index of their first copy here."""
         if other.width != self.width:
             return np.zeros(0, np.int64), np.zeros(0, np.int64)
-        pos = np.clip(np.searchsorted(self.unique, other.hashes), 0, max(self.unique.size - 1, 0))
-        hit = np.flatnonzero(self.unique[pos] == other.hashes) if self.unique.size else np.zeros(0, np.int64)
-        mine = self.first[pos[hit]]
+        shared = _common(self.sorted, other.sorted)
+        # first row here of each shared value (every one occurs here, so aligned with `shared`)
+        firsts = _first_of_each(self.hashes, _rows_with(self.hashes, shared))[1]
+        hit = _rows_with(other.hashes, shared)
+        mine = firsts[np.searchsorted(shared, other.hashes[hit])]
         same = other._same(hit, self, mine)
         return hit[same], mine[same]
 
