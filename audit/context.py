@@ -53,9 +53,11 @@ def logits_to_proba(logits: np.ndarray) -> np.ndarray:
     if logits.shape[1] == 1:
         p = 1.0 / (1.0 + np.exp(-logits[:, 0]))
         return np.stack([1.0 - p, p], axis=1)
-    z = logits - logits.max(axis=1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=1, keepdims=True)
+    # the same operations as e = exp(z - max); e / sum(e), in place: no temporaries of N x K
+    e = logits - logits.max(axis=1, keepdims=True)
+    np.exp(e, out=e)
+    e /= e.sum(axis=1, keepdims=True)
+    return e
 
 
 class Context:
