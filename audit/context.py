@@ -780,14 +780,10 @@ class _RowCache:
 
     @staticmethod
     def keys(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        import pandas as pd
+        from audit.lazy import row_hashes, row_words
 
-        raw = np.ascontiguousarray(x).reshape(x.shape[0], -1).view(np.uint8)
-        pad = (-raw.shape[1]) % 8
-        if pad:
-            raw = np.concatenate([raw, np.zeros((raw.shape[0], pad), np.uint8)], axis=1)
-        words = np.ascontiguousarray(raw).view(np.uint64)
-        h1 = pd.util.hash_pandas_object(pd.DataFrame(words, copy=False), index=False).to_numpy()
+        words = row_words(x)
+        h1 = row_hashes(words)  # the streamed pass's row hash
         mult = np.arange(1, 2 * words.shape[1], 2, dtype=np.uint64) * np.uint64(0x9E3779B97F4A7C15)
         return h1, words @ mult
 

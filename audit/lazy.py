@@ -59,7 +59,8 @@ def block_rows(row_elements: int, n: int | None = None) -> int:
 def row_words(x: np.ndarray) -> np.ndarray:
     """(N, W) uint64 view of each row's bytes (zero-padded to a multiple of 8 bytes)."""
     n = x.shape[0]
-    raw = np.ascontiguousarray(x).reshape(n, -1).view(np.uint8)
+    # the row width spelled out: reshape(0, -1) cannot infer it for zero rows
+    raw = np.ascontiguousarray(x).reshape(n, int(np.prod(x.shape[1:], dtype=np.int64))).view(np.uint8)
     pad = (-raw.shape[1]) % 8
     if pad:
         raw = np.concatenate([raw, np.zeros((n, pad), np.uint8)], axis=1)

@@ -431,6 +431,19 @@ def mean_interval_of(moments: Moments, *, confidence: float, bounds: Bounds = (N
 _QUERY_CHUNK = 1 << 20  # sorted queries placed at a time: bounds the index temporaries
 
 
+def _places(sorted_values: np.ndarray, q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """How many of `sorted_values` are below each query, and how many are at most it
+    (`searchsorted` left and right); the right side is searched only for queries that
+    some value equals (ties), which are usually few."""
+    below = np.searchsorted(sorted_values, q, side="left")
+    at = sorted_values[np.minimum(below, sorted_values.size - 1)] == q
+    at &= below < sorted_values.size
+    upto = below.copy()
+    if at.any():
+        upto[at] = np.searchsorted(sorted_values, q[at], side="right")
+    return below, upto
+
+
 def delong_binary(pos_scores: np.ndarray, neg_scores: np.ndarray, *, confidence: float) -> Metric:
     """One ROC AUC with DeLong's interval (as `delong_auc`), from the scores of the positives
     and of the negatives, which it sorts in place. The variance is a sum of squares of the
@@ -447,11 +460,11 @@ def delong_binary(pos_scores: np.ndarray, neg_scores: np.ndarray, *, confidence:
     neg.sort()
     v10, v01 = Moments(), Moments()
     for s in range(0, m, _QUERY_CHUNK):  # share of negatives below each positive (ties half)
-        q = pos[s:s + _QUERY_CHUNK]
-        v10.add((np.searchsorted(neg, q, side="left") + np.searchsorted(neg, q, side="right")) / (2.0 * k))
+        below, upto = _places(neg, pos[s:s + _QUERY_CHUNK])
+        v10.add((below + upto) / (2.0 * k))
     for s in range(0, k, _QUERY_CHUNK):  # share of positives above each negative (ties half)
-        q = neg[s:s + _QUERY_CHUNK]
-        v01.add((2 * m - np.searchsorted(pos, q, side="right") - np.searchsorted(pos, q, side="left")) / (2.0 * m))
+        below, upto = _places(pos, neg[s:s + _QUERY_CHUNK])
+        v01.add((2 * m - upto - below) / (2.0 * m))
     auc = v10.mean
     # components (V - AUC) / m * sqrt(m / (m - 1)): their squares sum to m2 / (m (m - 1))
     var = (v10.m2 + m * (v10.mean - auc) ** 2) / (m * (m - 1) if m > 1 else 1) \
