@@ -63,14 +63,18 @@ def label_order_problem(y: np.ndarray, logits: np.ndarray, classes: list[str], s
     from scipy.optimize import linear_sum_assignment
     from scipy.stats import binom
 
-    y = np.asarray(y, dtype=np.int64)
+    from audit.stats import confusion_counts
+
+    y = np.asarray(y)
     logits = np.asarray(logits)
     k, n = len(classes), len(y)
     if k < 2 or n == 0 or logits.ndim != 2 or logits.shape[1] not in (1, k):
         return None  # the context reports output-shape mismatches itself
-    pred = (logits[:, 0] > 0).astype(np.int64) if logits.shape[1] == 1 else logits.argmax(axis=1)
     cm = np.zeros((k, k), dtype=np.int64)
-    np.add.at(cm, (y, pred), 1)
+    step = 1 << 20  # in chunks of rows: no N-length prediction array
+    for s in range(0, n, step):
+        z = logits[s:s + step]
+        cm += confusion_counts(y[s:s + step], z[:, 0] > 0 if z.shape[1] == 1 else z.argmax(axis=1), k)
     _, perm = linear_sum_assignment(cm, maximize=True)  # perm[true class] = model output
     moved = np.flatnonzero(perm != np.arange(k))
     if moved.size == 0:

@@ -428,7 +428,7 @@ def mean_interval_of(moments: Moments, *, confidence: float, bounds: Bounds = (N
     return from_se(moments.mean, se, confidence, n=n, bounds=bounds, df=df)
 
 
-_QUERY_CHUNK = 1 << 20  # sorted queries placed at a time: bounds the index temporaries
+_QUERY_CHUNK = 1 << 18  # rows (or sorted queries) at a time: bounds the temporaries, in cache
 
 
 def _places(sorted_values: np.ndarray, q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
