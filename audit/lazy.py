@@ -34,6 +34,7 @@ import itertools
 import zipfile
 import zlib
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -730,19 +731,38 @@ def scan_range(x: LazyInputs | np.ndarray, start: int, stop: int, *, block: int,
                 if isinstance(out, dict) else out[keep_from:keep_to]
             yield "out", (r0 + keep_from, kept, len(buf))
 
-    for b0, xb in blocks:
-        b1 = b0 + len(xb)
-        yield "block", BlockResult(b0, b1, block_digest(xb), row_hashes(row_words(xb)), BlockStats.of(xb))
-        if forward is None:
-            continue
-        pend.append(xb)
-        cut = b1 if b1 >= n else b1 - b1 % batch_size
-        if cut > pend_start:
-            buf = pend[0] if len(pend) == 1 else np.concatenate(pend)
-            yield from run(buf[: cut - pend_start], pend_start, cut)
-            rest = buf[cut - pend_start:]
-            pend, pend_start = ([rest] if len(rest) else []), cut
+    # A block's digest, row hashes and statistics are computed on a second thread while
+    # this one runs the model on it and reads the next block (NumPy, pandas' hashing and
+    # hashlib release the GIL): the same results, in block order, in about the time of
+    # the slower side. One block in flight bounds the memory.
+    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="audit-block")
+    pending: Future[BlockResult] | None = None
+    try:
+        for b0, xb in blocks:
+            b1 = b0 + len(xb)
+            summary = pool.submit(summarize_block, b0, xb)
+            if forward is not None:
+                pend.append(xb)
+                cut = b1 if b1 >= n else b1 - b1 % batch_size
+                if cut > pend_start:
+                    buf = pend[0] if len(pend) == 1 else np.concatenate(pend)
+                    yield from run(buf[: cut - pend_start], pend_start, cut)
+                    rest = buf[cut - pend_start:]
+                    pend, pend_start = ([rest] if len(rest) else []), cut
+            if pending is not None:
+                yield "block", pending.result()
+            pending = summary
+        if pending is not None:
+            yield "block", pending.result()
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
     if forward is not None and pend_start < stop:
         tail_end = min(stop + (-stop) % batch_size, n)
         buf = np.concatenate(pend + [reader(stop, tail_end)])
         yield from run(buf, pend_start, tail_end)
+
+
+def summarize_block(b0: int, xb: np.ndarray) -> BlockResult:
+    """What the pass keeps of a block of inputs: its digest, a hash per row and its exact
+    statistics."""
+    return BlockResult(b0, b0 + len(xb), block_digest(xb), row_hashes(row_words(xb)), BlockStats.of(xb))

@@ -81,6 +81,20 @@ def test_streamed_predictions_are_the_arg_max_of_the_logits_as_of_the_probabilit
         np.testing.assert_array_equal(z.argmax(axis=1), logits_to_proba(z).argmax(axis=1))
 
 
+def test_the_two_class_softmax_is_the_general_formula_bit_for_bit() -> None:
+    """logits_to_proba's two-class path (no row-wise max and sum) gives the same bits as
+    exp(z - max) / sum over the row, ties, tiny and huge differences included."""
+    rng = np.random.default_rng(1)
+    for scale in (1.0, 30.0, 1e4, 1e-7, 1e30):
+        z = (rng.normal(size=(50_000, 2)) * scale).astype(np.float32)
+        z[::5, 1] = z[::5, 0]
+        z[::7] = [1e20, -1e-20]
+        zz = z.astype(np.float64)
+        e = np.exp(zz - zz.max(axis=1, keepdims=True))
+        ref = e / e.sum(axis=1, keepdims=True)
+        np.testing.assert_array_equal(logits_to_proba(z).view(np.uint64), ref.view(np.uint64))
+
+
 def test_moments_merged_over_chunks_equal_the_whole_array() -> None:
     v = np.random.default_rng(4).lognormal(size=10_001) + 1e6  # a large mean: a naive sum of squares loses digits
     m = stats.Moments()
