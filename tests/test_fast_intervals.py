@@ -34,14 +34,17 @@ def _delong_variance_by_definition(score: np.ndarray, pos: np.ndarray) -> tuple[
     return float(auc), float(v10.var(ddof=1) / len(x) + v01.var(ddof=1) / len(y))
 
 
+def _scored(seed: int, n: int, share: float, shift: float, ties: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Scores of positives (a `share` of n) shifted by `shift`; rounded to one decimal for ties."""
+    rng = np.random.default_rng(seed)
+    pos = rng.random(n) < share
+    score = rng.normal(size=n) + shift * pos
+    return (np.round(score, 1) if ties else score), pos
+
+
 @pytest.mark.parametrize("ties", [False, True])
 def test_auc_components_give_sklearn_auc_and_delong_variance(ties: bool) -> None:
-    rng = np.random.default_rng(0)
-    n = 400
-    pos = rng.random(n) < 0.35
-    score = rng.normal(size=n) + 0.8 * pos
-    if ties:
-        score = np.round(score, 1)
+    score, pos = _scored(0, 400, 0.35, 0.8, ties)
     auc, comp = stats.auc_components(score, pos)
     ref_auc, ref_var = _delong_variance_by_definition(score, pos)
     assert auc == pytest.approx(roc_auc_score(pos, score), abs=1e-12) == pytest.approx(ref_auc)
@@ -52,12 +55,7 @@ def test_auc_components_give_sklearn_auc_and_delong_variance(ties: bool) -> None
 def test_delong_on_sorted_sides_equals_the_per_sample_components(ties: bool) -> None:
     """The binary fast path (both sides sorted, components summed in sorted order, queries
     in chunks) gives the AUC and interval of the per-sample components, and sklearn's AUC."""
-    rng = np.random.default_rng(3)
-    n = 5000
-    pos = rng.random(n) < 0.3
-    score = rng.normal(size=n) + pos
-    if ties:
-        score = np.round(score, 1)
+    score, pos = _scored(3, 5000, 0.3, 1.0, ties)
     ref = stats.delong_auc([score], [pos], confidence=0.95)
     old_chunk = stats._QUERY_CHUNK
     stats._QUERY_CHUNK = 700  # several chunks on each side
