@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from audit.data import DatasetStore
-from audit.dataset import Dataset, LoadedModel
+from audit.dataset import Dataset, LoadedModel, code_dtype
 from audit.device import resolve_device
 from audit.errors import DataError, ModelError
 from audit.inference import _batches, _capture_head, _logits_of, predict_logits
@@ -692,7 +692,7 @@ class Context:
             return self._derive("pred", name, lambda: word_predictions(self.logits(name), ds.word_starts, ds.y,
                                                                        ds.classes))
         if ds.lazy:  # kept compact: the smallest integer type that holds the classes
-            dtype = np.int8 if ds.n_classes <= 127 else np.int16 if ds.n_classes <= 32_767 else np.int32
+            dtype = code_dtype(ds.n_classes)
 
             def top(z: np.ndarray) -> np.ndarray:
                 # the softmax keeps the order of a row's logits (the largest maps to exp(0) = 1,

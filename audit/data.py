@@ -56,7 +56,7 @@ from typing import Any
 
 import numpy as np
 
-from audit.dataset import Dataset, Kind
+from audit.dataset import Dataset, Kind, code_dtype
 from audit.errors import DataError, did_you_mean, env_limit
 from audit.labels import ClassOrder
 from audit.seeding import seeded_rng
@@ -624,8 +624,7 @@ class _Codes:
         # parts in the smallest type that holds the codes so far (and -1): 1 byte per row
         # for a few values, where int32 parts of 10^7 rows leave 40 MB per column behind in
         # the allocator after they are freed
-        k = len(self.values)
-        return mapping.astype(np.int8 if k < 127 else np.int16 if k < 32_767 else np.int32)
+        return mapping.astype(code_dtype(len(self.values)))
 
     def add_dictionary(self, column: Any) -> None:
         """A pyarrow dictionary-encoded chunk (parquet strings read with `read_dictionary`):
@@ -661,8 +660,8 @@ class _Codes:
         raw = np.array(self.values + ([None] if self.missing else []), dtype=object)
         strings = _sensitive_strings(raw)  # a missing value (code -1) is the last entry: 'missing'
         cats, remap = np.unique(strings, return_inverse=True)
-        small = np.int8 if len(cats) < 127 else np.int16 if len(cats) < 32_767 else np.int32
-        return pd.Categorical.from_codes(remap.reshape(-1).astype(small)[codes], categories=list(cats))
+        return pd.Categorical.from_codes(remap.reshape(-1).astype(code_dtype(len(cats)))[codes],
+                                         categories=list(cats))
 
 
 def _summary_line(kind: str, n: int, order: ClassOrder, sensitive: Sequence[str], inputs: str) -> str:

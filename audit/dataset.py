@@ -138,6 +138,15 @@ class Dataset:
         return out
 
 
+def code_dtype(n_codes: int) -> type[np.signedinteger]:
+    """The smallest signed integer type for codes 0..n_codes-1 (and -1 for "missing"): what
+    per-row codes are kept in, 1 byte a row for up to 128 values."""
+    for t in (np.int8, np.int16, np.int32):
+        if n_codes - 1 <= np.iinfo(t).max:
+            return t
+    return np.int64
+
+
 def _hash_strings(h: Any, values: Any, chunk: int = 1 << 16) -> None:
     """Feed `values` as a fixed-width unicode array (`np.asarray(values).astype(str)`) to
     `h`, in chunks; a pandas Categorical hashes as the strings it stands for."""

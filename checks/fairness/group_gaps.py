@@ -20,7 +20,7 @@ from pydantic import Field, field_validator
 
 from audit.check import Check, Measurement, Metric, Params, cell, chart, higher, lower, table, text
 from audit.context import Context
-from audit.dataset import Dataset
+from audit.dataset import Dataset, code_dtype
 from audit.errors import DataError
 from audit.registry import register_check
 from audit.stats import COUNT_RESAMPLES, from_draws, percentile_ci, resample_counts
@@ -89,15 +89,6 @@ _BLOCK = 1 << 14  # rows per step of the passes over the words: their temporarie
 
 def _fixed_width(values: Any) -> bool:
     return isinstance(values, np.ndarray) and values.dtype.kind in "US" and values.ndim == 1
-
-
-def _code_dtype(n_codes: int) -> type[np.signedinteger]:
-    """The smallest signed integer type for codes 0..n_codes-1: less memory per row to write
-    and to read again."""
-    for t in (np.int8, np.int16, np.int32):
-        if n_codes - 1 <= np.iinfo(t).max:
-            return t
-    return np.int64
 
 
 def _words(values: np.ndarray) -> np.ndarray:
@@ -196,7 +187,7 @@ def _hashed_codes(columns: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray] | 
 def _sorted_codes(codes: np.ndarray, labels: list[Any]) -> tuple[np.ndarray, list[Any]]:
     """Codes renumbered so that labels are sorted (one gather into the smallest dtype)."""
     order = sorted(range(len(labels)), key=labels.__getitem__)
-    rank = np.empty(len(labels), _code_dtype(len(labels)))
+    rank = np.empty(len(labels), code_dtype(len(labels)))
     rank[order] = np.arange(len(labels))
     return np.take(rank, codes), [labels[i] for i in order]
 
@@ -220,7 +211,7 @@ def _factorize(values: Any) -> tuple[np.ndarray, list[str]]:
             return _sorted_codes(codes, [str(values[i]) for i in first])
     if isinstance(values, pd.Categorical):  # its codes, in a type that also holds '(missing)'
         codes, labels = values.codes, [str(u) for u in values.categories]
-        codes = codes.astype(_code_dtype(len(labels) + 1), copy=False)
+        codes = codes.astype(code_dtype(len(labels) + 1), copy=False)
     else:
         codes, uniques = pd.factorize(pd.Series(np.asarray(values)), use_na_sentinel=True)
         labels = [str(u) for u in uniques]
@@ -262,13 +253,13 @@ def make_groups(ds: Dataset, attrs: list[str]) -> Groups:
         for s in range(0, n, _CHUNK_ROWS):
             seen[combined(slice(s, s + _CHUNK_ROWS))] = True
         observed = np.flatnonzero(seen)
-        remap = (np.cumsum(seen) - 1).astype(_code_dtype(len(observed)))
+        remap = (np.cumsum(seen) - 1).astype(code_dtype(len(observed)))
         codes = np.empty(n, remap.dtype)
         for s in range(0, n, _CHUNK_ROWS):
             codes[s:s + _CHUNK_ROWS] = remap[combined(slice(s, s + _CHUNK_ROWS))]
     else:
         observed, codes = np.unique(combined(slice(0, n)), return_inverse=True)
-        codes = codes.ravel().astype(_code_dtype(len(observed)))
+        codes = codes.ravel().astype(code_dtype(len(observed)))
     keys = []
     for c in observed:
         parts = []
