@@ -317,7 +317,6 @@ class DataIntegrity(Check):
 
     def run(self, ctx: Context, params: IntegrityParams) -> Measurement:
         ds = ctx.dataset(params.data)
-        y = np.asarray(ds.y, dtype=np.int64)
         n = len(ds)
         # class balance and label shift: over classes, or over entity types (token data)
         y, classes = _class_units(ds)
@@ -426,7 +425,6 @@ class DataIntegrity(Check):
         rows: list[list[Any]] = []
         if train is not None and tidx is not None:
             t_dup, t_of = tidx.duplicates()
-            ty = np.asarray(train.y, dtype=np.int64)
             ty = _labels(train)
             t_levels, t_per = _missing_levels(ctx, params.train)
             rows.append([params.train, len(train), len(train) - int(t_dup.size), int(t_dup.size),
