@@ -379,16 +379,7 @@ def mean_interval(values: np.ndarray, *, confidence: float, bounds: Bounds = (No
     """The mean of per-sample values with Student's t interval from their variance: O(N),
     where the weight bootstrap of a mean costs resamples x N. For the sample sizes a
     held-out set has, the two agree (tests/test_fast_intervals.py holds them to it)."""
-    values = np.asarray(values, dtype=np.float64)
-    n = int(values.shape[0])
-    if n == 0:
-        return Metric(float("nan"), None, n=0)
-    mean = float(values.mean())
-    if n == 1:
-        se, df = 0.0, None
-    else:
-        se, df = float(values.std(ddof=1) / math.sqrt(n)), float(n - 1)
-    return from_se(mean, se, confidence, n=n, bounds=bounds, df=df)
+    return mean_interval_of(Moments().add(values), confidence=confidence, bounds=bounds)
 
 
 class Moments:
@@ -488,10 +479,8 @@ def auc_components(score: np.ndarray, positive: np.ndarray) -> tuple[float, np.n
         return float("nan"), np.zeros(score.shape[0])
     s_pos, s_neg = score[positive], score[~positive]
     neg_sorted, pos_sorted = np.sort(s_neg), np.sort(s_pos)
-    v10 = (np.searchsorted(neg_sorted, s_pos, side="left")
-           + np.searchsorted(neg_sorted, s_pos, side="right")) / (2.0 * k)
-    v01 = ((m - np.searchsorted(pos_sorted, s_neg, side="right"))
-           + (m - np.searchsorted(pos_sorted, s_neg, side="left"))) / (2.0 * m)
+    v10 = np.add(*_places(neg_sorted, s_pos)) / (2.0 * k)
+    v01 = (2 * m - np.add(*_places(pos_sorted, s_neg))) / (2.0 * m)
     auc = float(v10.mean())
     comp = np.empty(score.shape[0])
     comp[positive] = (v10 - auc) / m * (math.sqrt(m / (m - 1)) if m > 1 else 1.0)
