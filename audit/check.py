@@ -21,6 +21,10 @@ Optional hooks (classmethods, all no-ops by default):
   `embedding_datasets(params)`     the datasets whose penultimate-layer embeddings the
                                    check will ask for (`ctx.embeddings`), so the Context
                                    takes them during the shared prediction pass.
+  `row_hash_datasets(params)`      the datasets whose row hashes (`ctx.row_hashes`) the
+                                   check reads: the runner lets the Context drop a
+                                   dataset's hashes (8 bytes a row) once no check left
+                                   to run reads them.
 
 A check runs every model only through the Context (`ctx.logits`, `ctx.run_model`,
 `ctx.forward`, ...), which counts each pass. Evidence is data (see below); the report
@@ -193,6 +197,12 @@ class Check(abc.ABC):
     def embedding_datasets(cls, params: Any) -> tuple[str, ...]:
         """Datasets whose embeddings `run` will ask for: the Context captures them during
         the cached prediction pass instead of a second pass."""
+        return ()
+
+    @classmethod
+    def row_hash_datasets(cls, params: Any) -> tuple[str, ...]:
+        """Datasets whose row hashes `run` reads (`ctx.row_hashes`): kept until the last
+        check that declares them has run."""
         return ()
 
     @abc.abstractmethod

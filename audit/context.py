@@ -500,10 +500,21 @@ class Context:
         dataset's pass when it streams."""
         ds = self.dataset(name)
         if ds.lazy:
+            if self.summary(name).row_hashes is None:  # dropped (keep_row_hashes): hashed again
+                self._stream(name, model=False, capture=False)
             return self.summary(name).row_hashes
         from audit.lazy import row_hashes, row_words
 
         return self.cached(("row_hashes", name), lambda: row_hashes(row_words(ds.x)))
+
+    def keep_row_hashes(self, names: set[str]) -> None:
+        """Drop the row hashes of every dataset not in `names` (the runner's call once no
+        check left reads them); a later `row_hashes` computes them again."""
+        for name, summary in self._summaries.items():
+            if name not in names:
+                summary.row_hashes = None
+        for key in [k for k in self._memo if k[:1] == ("row_hashes",) and k[1] not in names]:
+            del self._memo[key]
 
     def input_stats(self, name: str) -> Any:
         """Exact per-element statistics of dataset `name`'s inputs (audit.lazy.BlockStats:

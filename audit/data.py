@@ -1179,11 +1179,13 @@ def _load_table_files(src: _Source, name: str, entry: DataEntry, files: list[Pat
     if y_codes.missing:
         raise DataError(f"{y_codes.missing} rows have no label in column '{label}'", where=where)
     inverse, order = _Labels(src, name, where, entry.path or files[0].name).by_name(np.asarray(y_codes.values))
-    y = np.asarray(inverse, dtype=np.int64)[y_codes.codes()]
     x: Any = LazyInputs(parts, (len(features),), "tabular")
+    streamed = _streams(src, name, x.nbytes)
+    # a streamed dataset keeps its labels compact (see Dataset), with no int64 copy on the way
+    y = np.asarray(inverse, dtype=code_dtype(len(order.classes)) if streamed else np.int64)[y_codes.codes()]
     sensitive: dict[str, Any] = {c: s_codes[c].categorical() for c in entry.sensitive}
     continuous = None
-    if not _streams(src, name, x.nbytes):
+    if not streamed:
         x = x.read(0, n)
         counts: dict[str, list[int]] = {}
         _feature_problems(pd.DataFrame(x, columns=features, copy=False), features, counts, [])

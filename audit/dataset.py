@@ -25,8 +25,11 @@ class Dataset:
 
     Streamed datasets (images and tables too large to hold, see `audit.lazy`): `x` is a
     `LazyInputs` (len, shape, dtype, x[a:b], x[idx], batches) read from disk on demand,
-    while `y` and `sensitive` stay in memory (sensitive attributes as pandas Categoricals:
-    small integer codes, not a string per row). Read inputs with `take(idx)` (a seeded
+    while `y` and `sensitive` stay in memory, compact: `y` in `code_dtype(n_classes)` (one
+    byte a row below 128 classes, as the Context keeps predictions), sensitive attributes
+    as pandas Categoricals (small integer codes, not a string per row). Index, compare and
+    count with such labels freely; cast a sample to int64 before arithmetic that could
+    leave the type's range or before a torch loss. Read inputs with `take(idx)` (a seeded
     sample) or `rows(idx)`; `lazy` says which kind of dataset it is."""
 
     name: str
@@ -49,6 +52,10 @@ class Dataset:
     # from the data, images resized, an empty class folder); the CLI prints them.
     notices: list[str] = field(default_factory=list)
     _sha256: str | None = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.lazy and self.kind != "tokens" and self.y.dtype != code_dtype(len(self.classes)):
+            self.y = np.asarray(self.y).astype(code_dtype(len(self.classes)))  # see the class docstring
 
     def __len__(self) -> int:
         return int(self.y.shape[0])
@@ -102,7 +109,12 @@ class Dataset:
         h = hashlib.sha256()
         for d in block_digests:
             h.update(d)
-        h.update(memoryview(np.ascontiguousarray(self.y)).cast("B"))  # no copy of the bytes
+        y = np.ascontiguousarray(self.y)
+        if not self.lazy or y.dtype == np.int64:
+            h.update(memoryview(y).cast("B"))  # no copy of the bytes
+        else:  # compact labels hash as the int64 labels of the same data in memory
+            for s in range(0, y.size, 1 << 20):
+                h.update(memoryview(y.reshape(-1)[s:s + (1 << 20)].astype(np.int64)).cast("B"))
         if self.word_starts is not None:
             h.update(memoryview(np.ascontiguousarray(self.word_starts)).cast("B"))
         for key in sorted(self.sensitive):
@@ -120,7 +132,7 @@ class Dataset:
         out = {
             "name": self.name, "kind": self.kind, "n": len(self), "shape": list(self.x.shape[1:]),
             **({"streamed": self.x.describe()} if self.lazy else {}),
-            "classes": self.classes, "class_counts": np.bincount(labels, minlength=self.n_classes).tolist(),
+            "classes": self.classes, "class_counts": code_counts(labels, self.n_classes).tolist(),
             "sensitive": sorted(self.sensitive), "source": self.source, "sha256": self.sha256,
             "class_order": self.meta.get("class_order"), "notices": list(self.notices),
         }
@@ -145,6 +157,21 @@ def code_dtype(n_codes: int) -> type[np.signedinteger]:
         if n_codes - 1 <= np.iinfo(t).max:
             return t
     return np.int64
+
+
+def code_counts(codes: np.ndarray, minlength: int = 0, chunk: int = 1 << 20) -> np.ndarray:
+    """`np.bincount` of per-row codes, in chunks of rows: bincount first casts its input to
+    intp, which for codes kept in 1 byte a row is an N-length copy 8 times their size."""
+    codes = np.asarray(codes).reshape(-1)
+    if codes.size <= chunk or codes.dtype.itemsize >= np.dtype(np.intp).itemsize:
+        return np.bincount(codes, minlength=minlength)
+    out = np.zeros(minlength, np.int64)
+    for s in range(0, codes.size, chunk):
+        part = np.bincount(codes[s:s + chunk], minlength=minlength)
+        if part.size > out.size:
+            out = np.concatenate([out, np.zeros(part.size - out.size, np.int64)])
+        out[:part.size] += part
+    return out
 
 
 def _hash_strings(h: Any, values: Any, chunk: int = 1 << 16) -> None:

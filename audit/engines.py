@@ -56,7 +56,7 @@ class PassSummary:
 
     n: int
     block: int
-    row_hashes: np.ndarray  # (N,) uint64
+    row_hashes: np.ndarray | None  # (N,) uint64; None once dropped (Context.keep_row_hashes)
     digests: list[bytes]  # SHA-256 of each block's float32 inputs
     stats: BlockStats
     logits: np.ndarray | None = None  # (N, K) float32, when the model ran

@@ -88,6 +88,14 @@ class Runner:
                 return f"dataset '{params.data}' has no sensitive attributes"
         return None
 
+    def release(self, remaining: list[CheckEntry]) -> None:
+        """Let the Context drop what no check in `remaining` reads: the row hashes of
+        streamed datasets (8 bytes a row) once their last reader has run."""
+        keep: set[str] = set()
+        for entry in remaining:
+            keep.update(registry.get(entry.check).row_hash_datasets(entry.typed_params))
+        self.ctx.keep_row_hashes(keep)
+
     def run_check(self, entry: CheckEntry) -> CheckResult:
         cls = registry.get(entry.check)
         t0 = time.perf_counter()
@@ -208,8 +216,9 @@ def run_audit(spec: AuditSpec, *, device: str | None = None,
     runner = Runner(spec, device=device, progress=progress)
     try:
         runner.prepare()
-        for entry in spec.checks:
+        for i, entry in enumerate(spec.checks):
             result = runner.run_check(entry)
+            runner.release(spec.checks[i + 1:])
             if on_check:
                 on_check(result)
         return runner.finish()

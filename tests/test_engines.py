@@ -215,3 +215,28 @@ def test_ray_not_installed_is_exit_2_with_one_message(factory_on_path: Path) -> 
     lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
     assert len(lines) == 1, lines
     assert "execution engine 'ray' needs Ray Data, which is not installed" in lines[0]
+
+
+def test_streamed_labels_are_compact_and_row_hashes_are_dropped_after_their_last_reader(
+        factory_on_path: Path) -> None:
+    from audit.runner import Runner
+
+    spec = load_spec(_spec(factory_on_path, {"engine": "streaming"}))
+    runner = Runner(spec)
+    try:
+        runner.prepare()
+        ctx = runner.ctx
+        test = ctx.dataset("test")
+        assert test.lazy and test.y.dtype == np.int8  # one byte a row, as the predictions
+        before = ctx.row_hashes("test").copy()
+        order = [e.check for e in spec.checks]
+        last = order.index("data.integrity")
+        assert last < len(order) - 1  # a check after the last reader: the hashes go before it
+        for i, entry in enumerate(spec.checks):
+            assert runner.run_check(entry).status != "error"
+            runner.release(spec.checks[i + 1:])
+            assert (ctx.summary("test").row_hashes is None) == (i >= last), entry.check
+        # asked again, they are computed again, equal
+        assert np.array_equal(ctx.row_hashes("test"), before)
+    finally:
+        runner.ctx.close()

@@ -197,3 +197,15 @@ def test_intersectional_groups_of_categoricals_combined_in_chunks_equal_the_obje
     assert cat.keys == obj.keys and ("(missing)", "c0") in cat.keys
     assert cat.codes.dtype == np.int16 and len(cat.keys) > 127
     np.testing.assert_array_equal(cat.codes, obj.codes)
+
+
+@pytest.mark.parametrize("dtype", [np.int8, np.int16, np.int64])
+def test_code_counts_in_chunks_equal_bincount(dtype: type) -> None:
+    from audit.dataset import code_counts
+
+    codes = np.random.default_rng(3).integers(0, 100, 10_001).astype(dtype)
+    for minlength in (0, 5, 120):
+        want = np.bincount(codes.astype(np.int64), minlength=minlength)
+        assert np.array_equal(code_counts(codes, minlength, chunk=64), want)
+        assert np.array_equal(code_counts(codes, minlength), want)
+    assert code_counts(np.zeros(0, np.int8), 3).tolist() == [0, 0, 0]

@@ -224,6 +224,16 @@ def test_row_index_finds_the_smallest_and_largest_hashes() -> None:
     assert [r.tolist() for r in small.find(big)] == [[0, 2, 4, 5], [2, 1, 2, 1]]
 
 
+def test_hashes_that_share_only_their_top_32_bits_are_told_apart() -> None:
+    # RowIndex sorts the hashes' top 32 bits; rows are then matched by their full hash
+    p = 0x12345678 << 32
+    big, small = _by_value([p | 1, p | 2, p | 1, p | 3, 5]), _by_value([p | 2, p | 4, 5, p | 1])
+    assert [r.tolist() for r in big.duplicates()] == [[2], [0]]
+    assert [r.tolist() for r in big.find(small)] == [[0, 2, 3], [1, 4, 0]]
+    assert [r.tolist() for r in small.find(big)] == [[0, 1, 2, 4], [3, 0, 3, 2]]
+    assert [r.tolist() for r in _by_value([p | 1, p | 2, p | 3]).duplicates()] == [[], []]
+
+
 def test_token_ids_padded_to_different_widths_are_compared_at_one_width() -> None:
     rng = np.random.default_rng(12)
     xtr = np.zeros((300, 9), np.int64)  # right-padded with pad id 0

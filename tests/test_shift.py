@@ -230,3 +230,22 @@ def test_bad_parameters_exit_2(tmp_path: Path, capsys, checks: str, command: str
     assert code == 2, text
     assert message in text
     assert "Traceback" not in text
+
+
+def test_joint_draws_of_compact_labels_and_predictions_equal_int64_ones() -> None:
+    # streamed datasets keep labels and predictions in one byte: the cell index
+    # label * k + pred must not wrap around in that type (k = 12: up to 143)
+    from checks.shift.domain import _joint_draws
+
+    k = 12
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, k, 3000)
+    pred = np.where(rng.random(3000) < 0.7, y, rng.integers(0, k, 3000))
+
+    def acc(cm: np.ndarray) -> np.ndarray:
+        return np.trace(cm, axis1=1, axis2=2) / cm.sum(axis=(1, 2))
+
+    wide = _joint_draws(y, [pred], k, acc, np.random.default_rng(1), n_resamples=200)[0]
+    narrow = _joint_draws(y.astype(np.int8), [pred.astype(np.int8)], k, acc, np.random.default_rng(1),
+                          n_resamples=200)[0]
+    assert np.array_equal(wide, narrow) and abs(wide.mean() - (y == pred).mean()) < 0.01

@@ -20,7 +20,7 @@ from pydantic import Field, field_validator
 
 from audit.check import Check, Measurement, Metric, Params, cell, chart, higher, lower, table, text
 from audit.context import Context
-from audit.dataset import Dataset, code_dtype
+from audit.dataset import Dataset, code_counts, code_dtype
 from audit.errors import DataError
 from audit.registry import register_check
 from audit.stats import COUNT_RESAMPLES, from_draws, percentile_ci, resample_counts
@@ -185,11 +185,12 @@ def _hashed_codes(columns: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray] | 
 
 
 def _sorted_codes(codes: np.ndarray, labels: list[Any]) -> tuple[np.ndarray, list[Any]]:
-    """Codes renumbered so that labels are sorted (one gather into the smallest dtype)."""
+    """Codes renumbered so that labels are sorted (one gather into the smallest dtype).
+    Indexing, not `np.take`: take casts compact codes to an N-length intp array first."""
     order = sorted(range(len(labels)), key=labels.__getitem__)
     rank = np.empty(len(labels), code_dtype(len(labels)))
     rank[order] = np.arange(len(labels))
-    return np.take(rank, codes), [labels[i] for i in order]
+    return rank[codes], [labels[i] for i in order]
 
 
 def _factorize(values: Any) -> tuple[np.ndarray, list[str]]:
@@ -480,7 +481,7 @@ class GroupFairness(Check):
             "entity_recall_difference": from_draws(float(gap(point["recall"])[0]), gap(d["recall"]), conf,
                                                    n=len(ds), bounds=(0.0, 1.0)),
         }
-        sizes = np.bincount(groups.codes, minlength=g)
+        sizes = code_counts(groups.codes, g)
         ents = onehot.T @ per
         rows = []
         for j in range(g):
@@ -587,7 +588,7 @@ def _short(s: str, n: int = 20) -> str:
 
 def _require_comparable(ds: Dataset, groups: Groups, params: GroupFairnessParams) -> np.ndarray:
     """Mask of groups with enough data; a clear DataError when fewer than two qualify."""
-    sizes = np.bincount(groups.codes, minlength=len(groups.keys))
+    sizes = code_counts(groups.codes, len(groups.keys))
     sufficient = sizes >= params.min_group_size
     what = " x ".join(groups.attrs)
     if len(groups.keys) < 2:

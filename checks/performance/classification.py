@@ -29,6 +29,7 @@ from pydantic import Field
 from audit import stats
 from audit.check import Check, Flag, Measurement, Metric, Params, cell, chart, higher, lower, table, text
 from audit.context import Context
+from audit.dataset import code_counts
 from audit.registry import register_check
 
 
@@ -203,12 +204,11 @@ class ClassificationPerformance(Check):
             return None
         chunks = ctx.probability_chunks(name)
         if len(present) == 2:
-            positive = y == 1
-            m = int(positive.sum())
+            m = int(code_counts(y, 2)[1])
             pos, neg = np.empty(m), np.empty(len(y) - m)
             i = j = 0
             for rows, proba in chunks:
-                p, score = positive[rows], proba[:, 1]
+                p, score = y[rows] == 1, proba[:, 1]
                 a, b = score[p], score[~p]
                 pos[i:i + a.size], neg[j:j + b.size] = a, b
                 i, j = i + a.size, j + b.size

@@ -204,7 +204,7 @@ class AdversarialRobustness(Check):
         correct = _predict_np(clean_logits) == y_np
         att = np.flatnonzero(correct)  # only correctly classified samples are attacked
         x = torch.as_tensor(ds.x[idx][att]).to(device)
-        y = torch.as_tensor(y_np[att]).to(device)
+        y = torch.as_tensor(y_np[att].astype(np.int64)).to(device)  # a streamed dataset's labels are compact
         geo = _geometry(ctx, ds, device, params.data)
         lo, hi, scale = geo["lo"], geo["hi"], geo["scale"]
         bs = params.batch_size or ctx.batch_size

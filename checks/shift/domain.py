@@ -244,6 +244,7 @@ def _joint_draws(y: np.ndarray, preds: list[np.ndarray], k: int, stat: Callable[
     Rows are compressed to their distinct (label, pred_1, ..., pred_m) cells with counts, so
     one multinomial over at most min(N, K^(m+1)) cells resamples every column at once."""
     cells, counts = np.unique(np.stack([y, *preds], axis=1), axis=0, return_counts=True)
+    cells = cells.astype(np.int64)  # streamed labels and predictions are compact: no int8 overflow below
     u = cells.shape[0]
     onehots = []
     for j in range(len(preds)):
