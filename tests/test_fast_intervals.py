@@ -93,6 +93,23 @@ def test_the_two_class_softmax_is_the_general_formula_bit_for_bit() -> None:
         np.testing.assert_array_equal(logits_to_proba(z).view(np.uint64), ref.view(np.uint64))
 
 
+def test_two_class_brier_and_top_class_are_the_general_formulas_bit_for_bit() -> None:
+    from checks.performance.calibration import brier_per_sample, top_class
+
+    rng = np.random.default_rng(5)
+    z = (rng.normal(size=(50_000, 2)) * 4).astype(np.float32)
+    z[:20] = 0.0  # ties: class 0, as argmax says
+    z[20:40, 1] = z[20:40, 0] + np.float32(1e-6)
+    proba, y = logits_to_proba(z), rng.integers(0, 2, len(z)).astype(np.int8)
+    onehot = np.zeros_like(proba)
+    onehot[np.arange(len(y)), y] = 1.0
+    assert np.array_equal(brier_per_sample(proba, y), ((proba - onehot) ** 2).sum(axis=1))
+    confidence, predicted = top_class(proba)
+    assert np.array_equal(confidence, proba.max(axis=1)) and np.array_equal(predicted, proba.argmax(axis=1))
+    three = logits_to_proba(rng.normal(size=(100, 3)))
+    assert np.array_equal(top_class(three)[1], three.argmax(axis=1))
+
+
 def test_moments_merged_over_chunks_equal_the_whole_array() -> None:
     v = np.random.default_rng(4).lognormal(size=10_001) + 1e6  # a large mean: a naive sum of squares loses digits
     m = stats.Moments()

@@ -168,9 +168,21 @@ class CalibrationCells:
 
 
 def brier_per_sample(proba: np.ndarray, y: np.ndarray) -> np.ndarray:
+    if proba.shape[1] == 2:  # the same sum of two squares without NumPy's slow axis-1 reduction
+        hit = (np.asarray(y) == 1).astype(proba.dtype)
+        return (proba[:, 0] - (1.0 - hit)) ** 2 + (proba[:, 1] - hit) ** 2
     onehot = np.zeros_like(proba)
     onehot[np.arange(len(y)), y] = 1.0
     return ((proba - onehot) ** 2).sum(axis=1)
+
+
+def top_class(proba: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(confidence, predicted class) of each row: the largest probability and its first
+    arg-max; for two classes the same values without NumPy's slow axis-1 reductions."""
+    if proba.shape[1] == 2:
+        p0, p1 = proba[:, 0], proba[:, 1]
+        return np.maximum(p0, p1), (p1 > p0).view(np.int8)  # a tie is class 0, as argmax says
+    return proba.max(axis=1), proba.argmax(axis=1)
 
 
 @register_check
@@ -240,7 +252,8 @@ class Calibration(Check):
             brier_moments = stats.Moments()
             for rows, proba in ctx.probability_chunks(params.data):
                 yc = y[rows]
-                cells.add(proba.max(axis=1), proba.argmax(axis=1) == yc)
+                confidence, predicted = top_class(proba)
+                cells.add(confidence, predicted == yc)
                 brier_moments.add(brier_per_sample(proba, yc))
             with np.errstate(divide="ignore", invalid="ignore"):
                 ece_draws, mce_draws = cells.draws(params.weight_resamples, rng("cells"))
