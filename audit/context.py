@@ -465,7 +465,7 @@ class Context:
         if prior is not None and summary.logits is None:
             summary.logits, summary.embeddings = prior.logits, prior.embeddings
         self._summaries[name] = summary
-        ds._sha256 = ds.content_sha256(summary.digests)
+        ds.hash_later(summary.digests)
         if ds.kind == "tabular" and ds.continuous is None:
             ds.continuous = ~summary.stats.binary  # a 0/1 column is an indicator, as in memory
         self._input_stats[name] = summary.stats
@@ -536,7 +536,7 @@ class Context:
     def data_sha256(self, name: str) -> str:
         """The content hash of dataset `name` (Dataset.sha256), from its pass when it streams."""
         ds = self.dataset(name)
-        if ds.lazy and ds._sha256 is None:
+        if ds.lazy and ds._sha256 is None and ds._sha256_job is None:
             self.summary(name)
         return ds.sha256
 

@@ -52,6 +52,8 @@ class Dataset:
     # from the data, images resized, an empty class folder); the CLI prints them.
     notices: list[str] = field(default_factory=list)
     _sha256: str | None = field(default=None, repr=False)
+    # a content hash being computed on a worker thread (`hash_later`); not copied by replace()
+    _sha256_job: Any = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if self.lazy and self.kind != "tokens" and self.y.dtype != code_dtype(len(self.classes)):
@@ -90,6 +92,8 @@ class Dataset:
         (blocks of `audit.lazy.block_rows` rows, the same for every engine), then labels,
         word starts and sensitive attributes (as strings). A streamed dataset gets it from
         its pass (the Context sets it); reading it here otherwise streams the inputs once."""
+        if self._sha256 is None and self._sha256_job is not None:
+            self._sha256, self._sha256_job = self._sha256_job.result(), None
         if self._sha256 is None:
             from audit.lazy import block_digest, block_rows
 
@@ -103,6 +107,18 @@ class Dataset:
                 digests = [block_digest(x[s:s + step]) for s in range(0, n, step)]
             self._sha256 = self.content_sha256(digests)
         return self._sha256
+
+    def hash_later(self, block_digests: list[bytes]) -> None:
+        """Compute `content_sha256(block_digests)` on a worker thread; `sha256` waits for it.
+        A streamed dataset's pass leaves the labels and sensitive strings to hash (about a
+        second at 10^7 rows, in NumPy and hashlib, which release the GIL): this overlaps it
+        with the checks instead of adding it to the audit's time."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        self._sha256 = None
+        pool = ThreadPoolExecutor(1, thread_name_prefix="dataset-hash")
+        self._sha256_job = pool.submit(self.content_sha256, list(block_digests))
+        pool.shutdown(wait=False)
 
     def content_sha256(self, block_digests: list[bytes]) -> str:
         """The dataset hash from the digests of its input blocks (see `sha256`)."""

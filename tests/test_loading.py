@@ -454,3 +454,27 @@ def test_fixture_training_is_deterministic_and_cached(audit_cache_dir: Path, dig
     fresh = digits_cnn.factory()
     assert fresh.state_dict().keys() == cached.keys()
     assert not torch.equal(fresh.state_dict()["head.4.weight"], cached["head.4.weight"])
+
+
+def test_a_content_hash_computed_on_a_worker_thread_is_the_same_and_not_copied() -> None:
+    import dataclasses
+
+    import pandas as pd
+
+    from audit.dataset import Dataset
+    from audit.lazy import ArrayInputs
+
+    rng = np.random.default_rng(4)
+    x = rng.normal(size=(3000, 4)).astype(np.float32)
+    ds = Dataset(name="t", x=ArrayInputs(x, "tabular", shards=2), y=rng.integers(0, 3, 3000), kind="tabular",
+                 classes=["a", "b", "c"], sensitive={"g": pd.Categorical(rng.choice(["u", "v"], 3000))})
+    assert ds.y.dtype == np.int8  # streamed: compact labels
+    digests = [bytes([i]) * 32 for i in range(3)]
+    want = ds.content_sha256(digests)
+    ds.hash_later(digests)
+    copy = dataclasses.replace(ds, y=ds.y[::-1].copy())
+    assert copy._sha256_job is None  # a copy with other labels does not inherit the pending hash
+    assert ds.sha256 == want and ds._sha256_job is None
+    # compact labels hash as the int64 labels of the same data
+    wide = dataclasses.replace(ds, x=x, y=ds.y.astype(np.int64), _sha256=None)
+    assert wide.content_sha256(digests) == want
