@@ -30,29 +30,30 @@ performance.calibration and data.integrity; wall time and peak RSS.
 
     python benchmarks/bench_scale.py --images 100000
 
-Measured (2026-11-30, 2 cores, load average ~1, the same files as the day before):
+Measured (2026-11-30, second session, 2 cores, load average ~1, the same files):
 --streamed, engine streaming:
 
     N        wall     peak RSS   rows/s    bare loop         audit/bare
-    10^5     7.2 s    467 MiB     13,925   4.7 s, 359 MiB    1.52x
-    10^6     9.5 s    507 MiB    104,784   5.4 s, 372 MiB    1.76x
-    10^7    25.4 s    840 MiB    394,058  13.1 s, 376 MiB    1.94x
+    10^5     5.3 s    459 MiB     18,911   2.9 s, 360 MiB    1.83x
+    10^6     5.8 s    501 MiB    172,832   3.2 s, 371 MiB    1.83x
+    10^7    15.6 s    736 MiB    642,756   9.3 s, 372 MiB    1.67x
 
-Peak RSS 10^6 -> 10^7: x1.66 (the day before: 631 -> 1,815 MiB, x2.88); at 10^7 the audit
-took 60.1 s (166k rows/s, 4.97x the bare loop). What changed: the per-sample work of
-performance.classification/calibration is reduced chunk by chunk (Context.probability_chunks;
-DeLong on the sorted sides; calibration cells), data.integrity sorts the row hashes
-instead of a hash table (10 s -> 0.5 s at 10^7), parquet string columns come as
-dictionaries (load 6 s -> 0.8 s), the pass reads arrow columns without pandas and hashes
-each block on a second thread while the model runs (pass 15.7 s -> 11.2 s; the bare
-loop's own loop is ~10.5 s), and the two-class softmax skips its axis-1 reductions. What
-is left at 10^7: ~37 B/row at the peak, of which 27 B/row is kept per sample for the
-checks (float32 logits 8, row hash 8, label as int64 8, group codes, predictions and
-sensitive codes 1 each) and 8 B/row is one sorted copy (data.integrity's hashes,
-classification's scores for DeLong); the goal of 1.5x would need the labels kept at 1
-byte and the row hashes released once data.integrity has run. Time beyond the bare loop:
-imports (~2 s more: scipy, pandas, sklearn), the checks' O(N) work (classification 2.1 s,
-calibration 1.6 s), loading labels and groups (0.8 s).
+Peak RSS 10^6 -> 10^7: x1.47 (x1.48 in the run before the content hash moved to a
+thread; the first session of the day: 507 -> 840 MiB, x1.66, and 25.4 s at 10^7,
+1.94x its bare loop, which then took 13.1 s: this machine's speed varies by ~30% between
+hours, so compare the ratios). What changed since: labels of a streamed dataset are kept
+in one byte (int8, like its predictions), the row hashes are dropped once data.integrity
+(their last reader) has run, data.integrity sorts the hashes' top 32 bits (4 bytes a row)
+instead of a full copy, counts of one-byte codes no longer go through np.bincount's intp
+copy (8 bytes a row) or np.take's, the dataset's content hash is computed on a worker
+thread while the checks run (1.2 s at 10^7), and calibration's two-class reductions skip
+NumPy's axis-1 reductions (1.26 s -> 0.44 s at 10^7). Results are identical to the
+previous version's (every metric, interval and the dataset hashes, compared at 10^7).
+What is left at 10^7: ~21 B/row kept (logits 8, row hash 8 until integrity has run, label,
+prediction, group and sensitive codes 1 each), the ROC AUC interval's sorted scores (8
+B/row) while it runs; time beyond the bare loop: the check modules' imports (~1.5 s,
+scipy.stats 0.9 s), loading labels and groups (0.7 s), DeLong's sort and placement (1.2 s),
+the other checks' O(N) work (~1.2 s).
 --images 100000: 45.2 s, 576 MiB peak (the day before 71 s, 583 MiB).
 Ray (--engine ray, MLP 1024x4, 2x10^5 rows, load ~0.9): the pass takes 29.0 s with one
 worker and 20.1 s with two (x1.45; wall 50.4 s -> 41.7 s): two cores for two actors and
