@@ -178,6 +178,15 @@ def test_row_index_matches_a_dict_of_row_bytes_with_planted_copies_and_collision
         hx[ux[6]] = hx[ux[0]]
         hy[uy[0]] = hx[ux[1]]
         hy[uy[1]] = hx[ux[0]]
+        # and collisions that put a different row first among a copied row's hash: the
+        # copy must still be found (a row is not only compared with its hash's first row)
+        i, j = max(zip(dup, dup_of), key=lambda p: p[1])
+        a = next(r for r in ux[10:] if r < j)
+        hx[a] = hx[j]
+        r, j2 = max(zip(hit, where), key=lambda p: p[1])
+        a2 = next(q for q in ux[10:] if q < j2 and q != a)
+        hx[a2] = hx[j2]
+        assert hy[r] == hx[j2] and hx[i] == hx[j]
     wx, wy = row_words(x), row_words(y)
     ix = RowIndex.from_hashes(hx, lambda i: wx[i], wx.shape[1])
     iy = RowIndex.from_hashes(hy, lambda i: wy[i], wy.shape[1])

@@ -164,7 +164,24 @@ class RowIndex:
         later = rep != rows
         cand, of = rows[later], rep[later]
         same = self._same(cand, self, of)  # rule out hash collisions
-        return cand[same], of[same]
+        if same.all():
+            return cand, of
+        # a hash that different rows share (a 64-bit collision): its rows are grouped by
+        # their bytes instead, so that a copy of a row that is not its hash's first is found
+        clash = np.isin(self.hashes[rows], self.hashes[cand[~same]])
+        exact = self._by_bytes(rows[clash])
+        first: dict[tuple[int, bytes], int] = {}
+        pairs = [(r, first.setdefault(key, r)) for r, key in exact]
+        pairs = [(r, j) for r, j in pairs if j != r]
+        keep = same & ~np.isin(cand, rows[clash])
+        dup = np.concatenate([cand[keep], np.array([r for r, _ in pairs], np.int64)])
+        dup_of = np.concatenate([of[keep], np.array([j for _, j in pairs], np.int64)])
+        order = np.argsort(dup, kind="stable")
+        return dup[order], dup_of[order]
+
+    def _by_bytes(self, rows: np.ndarray) -> list[tuple[int, tuple[int, bytes]]]:
+        """(row, (hash, bytes)) of the given rows (few: those of colliding hashes)."""
+        return [(int(r), (int(self.hashes[r]), w.tobytes())) for r, w in zip(rows, self.fetch(rows))]
 
     def find(self, other: RowIndex) -> tuple[np.ndarray, np.ndarray]:
         """Rows of `other` that also occur here, and the index of their first copy here."""
@@ -182,7 +199,21 @@ class RowIndex:
         full = keys[pos] == theirs  # the whole hash, not only its prefix
         hit, mine = hit[full], firsts[pos[full]]
         same = other._same(hit, self, mine)
-        return hit[same], mine[same]
+        if same.all():
+            return hit, mine
+        # a hash that different rows here share (a 64-bit collision): look the rows of other
+        # whose first match failed up by their bytes among every row here with that hash
+        clash = np.unique(other.hashes[hit[~same]])
+        here = _rows_with(self.hashes, _distinct(_prefixes(clash)))
+        first: dict[tuple[int, bytes], int] = {}
+        for r, key in self._by_bytes(here[np.isin(self.hashes[here], clash)]):
+            first.setdefault(key, r)
+        retry = [(int(r), first.get(key)) for r, key in other._by_bytes(hit[~same])]
+        found = [(r, j) for r, j in retry if j is not None]
+        out = np.concatenate([hit[same], np.array([r for r, _ in found], np.int64)])
+        at = np.concatenate([mine[same], np.array([j for _, j in found], np.int64)])
+        order = np.argsort(out, kind="stable")
+        return out[order], at[order]
 
 
 def _missing_levels(ctx: Context, name: str) -> tuple[np.ndarray, np.ndarray]:
