@@ -63,6 +63,7 @@ def label_order_problem(y: np.ndarray, logits: np.ndarray, classes: list[str], s
     from scipy.optimize import linear_sum_assignment
     from scipy.stats import binom
 
+    from audit.context import row_argmax
     from audit.stats import confusion_counts
 
     y = np.asarray(y)
@@ -74,7 +75,7 @@ def label_order_problem(y: np.ndarray, logits: np.ndarray, classes: list[str], s
     step = 1 << 20  # in chunks of rows: no N-length prediction array
     for s in range(0, n, step):
         z = logits[s:s + step]
-        cm += confusion_counts(y[s:s + step], z[:, 0] > 0 if z.shape[1] == 1 else z.argmax(axis=1), k)
+        cm += confusion_counts(y[s:s + step], z[:, 0] > 0 if z.shape[1] == 1 else row_argmax(z), k)
     _, perm = linear_sum_assignment(cm, maximize=True)  # perm[true class] = model output
     moved = np.flatnonzero(perm != np.arange(k))
     if moved.size == 0:

@@ -110,6 +110,20 @@ def test_two_class_brier_and_top_class_are_the_general_formulas_bit_for_bit() ->
     assert np.array_equal(top_class(three)[1], three.argmax(axis=1))
 
 
+def test_row_argmax_is_numpy_argmax_ties_and_nan_included() -> None:
+    from audit.context import row_argmax
+
+    rng = np.random.default_rng(6)
+    for k in (2, 3):
+        a = rng.integers(-2, 3, size=(5000, k)).astype(np.float32)  # many ties
+        a[rng.random(a.shape) < 0.05] = np.nan
+        a[:4, :2] = [[np.nan, np.nan], [np.nan, 1.0], [1.0, np.nan], [0.0, -0.0]]
+        assert np.array_equal(row_argmax(a), a.argmax(axis=1))
+        assert np.array_equal(row_argmax(a, np.int8), a.argmax(axis=1).astype(np.int8))
+    ints = rng.integers(0, 3, size=(1000, 2))
+    assert np.array_equal(row_argmax(ints), ints.argmax(axis=1))
+
+
 def test_moments_merged_over_chunks_equal_the_whole_array() -> None:
     v = np.random.default_rng(4).lognormal(size=10_001) + 1e6  # a large mean: a naive sum of squares loses digits
     m = stats.Moments()

@@ -42,7 +42,7 @@ from pydantic import Field
 
 from audit import stats
 from audit.check import Check, Measurement, Metric, Params, chart, lower, table, text
-from audit.context import Context
+from audit.context import Context, row_argmax
 from audit.registry import register_check
 
 
@@ -179,10 +179,8 @@ def brier_per_sample(proba: np.ndarray, y: np.ndarray) -> np.ndarray:
 def top_class(proba: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(confidence, predicted class) of each row: the largest probability and its first
     arg-max; for two classes the same values without NumPy's slow axis-1 reductions."""
-    if proba.shape[1] == 2:
-        p0, p1 = proba[:, 0], proba[:, 1]
-        return np.maximum(p0, p1), (p1 > p0).view(np.int8)  # a tie is class 0, as argmax says
-    return proba.max(axis=1), proba.argmax(axis=1)
+    top = np.maximum(proba[:, 0], proba[:, 1]) if proba.shape[1] == 2 else proba.max(axis=1)
+    return top, row_argmax(proba)
 
 
 @register_check
