@@ -30,30 +30,33 @@ performance.calibration and data.integrity; wall time and peak RSS.
 
     python benchmarks/bench_scale.py --images 100000
 
-Measured (2026-11-30, second session, 2 cores, load average ~1, the same files):
---streamed, engine streaming:
+Measured (2026-11-30, second session, 2 cores, load average 0.1-1.3, the same files). This
+machine's speed drifts by ~30% within an hour (the bare loop at 10^7 took 9.4-13.3 s), so
+single runs mislead: five interleaved repetitions of 10^6 and 10^7 (the script's
+`bench_streamed` in a loop), medians:
 
-    N        wall     peak RSS   rows/s    bare loop         audit/bare
-    10^5     5.3 s    459 MiB     18,911   2.9 s, 360 MiB    1.83x
-    10^6     5.8 s    501 MiB    172,832   3.2 s, 371 MiB    1.83x
-    10^7    15.6 s    736 MiB    642,756   9.3 s, 372 MiB    1.67x
+    N        audit     peak RSS   bare loop   audit/bare (per repetition)
+    10^6     7.05 s    492 MiB    4.07 s      1.73x
+    10^7    18.38 s    724 MiB   11.71 s      1.54x-1.71x (median 1.67x)
 
-Peak RSS 10^6 -> 10^7: x1.47 (x1.48 in the run before the content hash moved to a
-thread; the first session of the day: 507 -> 840 MiB, x1.66, and 25.4 s at 10^7,
-1.94x its bare loop, which then took 13.1 s: this machine's speed varies by ~30% between
-hours, so compare the ratios). What changed since: labels of a streamed dataset are kept
-in one byte (int8, like its predictions), the row hashes are dropped once data.integrity
+Peak RSS 10^6 -> 10^7: x1.47 (x1.46-x1.50 over the pairs of runs); the first session of
+the day had 507 -> 840 MiB (x1.66). Between 10^6 and 10^7 the audit adds 11.3 s where the
+bare loop adds 7.6 s (1.48x). What changed since: labels of a streamed dataset are kept in
+one byte (int8, like its predictions), the row hashes are dropped once data.integrity
 (their last reader) has run, data.integrity sorts the hashes' top 32 bits (4 bytes a row)
 instead of a full copy, counts of one-byte codes no longer go through np.bincount's intp
 copy (8 bytes a row) or np.take's, the dataset's content hash is computed on a worker
-thread while the checks run (1.2 s at 10^7), and calibration's two-class reductions skip
-NumPy's axis-1 reductions (1.26 s -> 0.44 s at 10^7). Results are identical to the
-previous version's (every metric, interval and the dataset hashes, compared at 10^7).
-What is left at 10^7: ~21 B/row kept (logits 8, row hash 8 until integrity has run, label,
-prediction, group and sensitive codes 1 each), the ROC AUC interval's sorted scores (8
-B/row) while it runs; time beyond the bare loop: the check modules' imports (~1.5 s,
-scipy.stats 0.9 s), loading labels and groups (0.7 s), DeLong's sort and placement (1.2 s),
-the other checks' O(N) work (~1.2 s).
+thread while the checks run (1.2 s at 10^7), calibration's two-class reductions and every
+two-column arg-max skip NumPy's axis-1 reductions, classification reduces its log losses
+and gathers its ROC AUC scores in one pass, and DeLong searches within cache-sized slices.
+Results are identical to the previous version's (every metric, interval, status and the
+dataset hashes, compared at 10^7). What is left at 10^7: ~21 B/row kept (logits 8, row
+hash 8 until integrity has run, label, prediction, group and sensitive codes 1 each) and
+the ROC AUC interval's sorted scores (8 B/row, the peak) while it runs; time beyond the
+bare loop: fixed ~3 s (the check modules' imports 1.5-1.9 s, of which scipy.stats
+0.9-1.4 s; interpreter teardown ~0.4 s more than the loop's) and per row the checks
+(~2-3 s at 10^7), loading labels and groups (0.7 s) and a pass slightly slower than the
+bare loop (it also hashes every block, on a second thread).
 --images 100000: 45.2 s, 576 MiB peak (the day before 71 s, 583 MiB).
 Ray (--engine ray, MLP 1024x4, 2x10^5 rows, load ~0.9): the pass takes 29.0 s with one
 worker and 20.1 s with two (x1.45; wall 50.4 s -> 41.7 s): two cores for two actors and
