@@ -63,8 +63,7 @@ def label_order_problem(y: np.ndarray, logits: np.ndarray, classes: list[str], s
     from scipy.optimize import linear_sum_assignment
     from scipy.stats import binom
 
-    from audit.context import row_argmax
-    from audit.stats import confusion_counts
+    from audit.stats import confusion_counts, row_argmax
 
     y = np.asarray(y)
     logits = np.asarray(logits)

@@ -268,6 +268,19 @@ def cm_worst_class_recall(cm: np.ndarray) -> np.ndarray:
     return np.nanmin(rec, axis=-1)
 
 
+def row_argmax(a: np.ndarray, dtype: type = np.intp) -> np.ndarray:
+    """`a.argmax(axis=1)` (the first largest, NaN counting as the largest, as NumPy has it)
+    in `dtype`; for two columns without NumPy's slow reduction over an axis of length 2
+    (about 10x faster: tests hold it equal, ties and NaN included)."""
+    if a.ndim == 2 and a.shape[1] == 2:
+        a0, a1 = a[:, 0], a[:, 1]
+        second = a1 > a0
+        if np.issubdtype(a.dtype, np.floating):
+            second |= np.isnan(a1) & ~np.isnan(a0)
+        return second.astype(dtype)
+    return a.argmax(axis=1).astype(dtype, copy=False)
+
+
 def confusion_counts(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int) -> np.ndarray:
     """(K, K) counts, rows true, columns predicted; in chunks of rows, so that the int64
     cell index of 10^7 rows is never held at once."""

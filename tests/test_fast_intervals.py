@@ -111,7 +111,7 @@ def test_two_class_brier_and_top_class_are_the_general_formulas_bit_for_bit() ->
 
 
 def test_row_argmax_is_numpy_argmax_ties_and_nan_included() -> None:
-    from audit.context import row_argmax
+    from audit.stats import row_argmax
 
     rng = np.random.default_rng(6)
     for k in (2, 3):

@@ -42,7 +42,7 @@ from pydantic import Field
 
 from audit import stats
 from audit.check import Check, Measurement, Metric, Params, chart, lower, table, text
-from audit.context import Context, row_argmax
+from audit.context import Context
 from audit.registry import register_check
 
 
@@ -180,7 +180,7 @@ def top_class(proba: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(confidence, predicted class) of each row: the largest probability and its first
     arg-max; for two classes the same values without NumPy's slow axis-1 reductions."""
     top = np.maximum(proba[:, 0], proba[:, 1]) if proba.shape[1] == 2 else proba.max(axis=1)
-    return top, row_argmax(proba)
+    return top, stats.row_argmax(proba)
 
 
 @register_check
