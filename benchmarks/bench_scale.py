@@ -22,7 +22,7 @@ peak RSS (the audit process's own ru_maxrss, which it prints as it exits), its r
 streaming inference loop over the same file (pyarrow row batches into the model, nothing
 kept but the predicted class): the floor for a pass that must read every row.
 
-    python benchmarks/bench_scale.py --streamed [--sizes 1e5,1e6,1e7] [--engine streaming|ray]
+    python benchmarks/bench_scale.py --streamed [--sizes 1e5,1e6,1e7] [--repeats 3] [--engine streaming|ray]
 
 `--images N`: an image folder of N generated 16x16 grayscale PNGs (two class folders),
 audited streamed (decoded in batches) by a small CNN with performance.classification,
@@ -31,17 +31,21 @@ performance.calibration and data.integrity; wall time and peak RSS.
     python benchmarks/bench_scale.py --images 100000
 
 Measured (2026-11-30, second session, 2 cores, load average 0.1-1.3, the same files). This
-machine's speed drifts by ~30% within an hour (the bare loop at 10^7 took 9.4-13.3 s), so
-single runs mislead: five interleaved repetitions of 10^6 and 10^7 (the script's
-`bench_streamed` in a loop), medians:
+machine's speed drifts by ~30% within an hour (the bare loop at 10^7 took 7.2-13.3 s), so
+single runs mislead; `--repeats 5` (interleaved), medians, two sessions an hour apart:
 
-    N        audit     peak RSS   bare loop   audit/bare (per repetition)
-    10^6     7.05 s    492 MiB    4.07 s      1.73x
-    10^7    18.38 s    724 MiB   11.71 s      1.54x-1.71x (median 1.67x)
+    N        audit      peak RSS   bare loop   audit/bare (range over the repetitions)
+    10^5      4.50 s    461 MiB     2.50 s     1.78x (1.71-1.82x)
+    10^6      5.36 s    499 MiB     3.17 s     1.82x (1.46-1.89x)
+    10^7     14.43 s    724 MiB     7.95 s     1.79x (1.46-1.81x)
+    (an hour before: 10^6 7.05 s, 492 MiB, bare 4.07 s; 10^7 18.38 s, 724 MiB, bare
+    11.71 s, 1.67x (1.54-1.71x))
 
-Peak RSS 10^6 -> 10^7: x1.47 (x1.46-x1.50 over the pairs of runs); the first session of
-the day had 507 -> 840 MiB (x1.66). Between 10^6 and 10^7 the audit adds 11.3 s where the
-bare loop adds 7.6 s (1.48x). What changed since: labels of a streamed dataset are kept in
+Peak RSS 10^6 -> 10^7: x1.45 (x1.44-x1.48 over the pairs of runs; an hour before x1.47,
+x1.46-x1.50); the first session of the day had 507 -> 840 MiB (x1.66). Between 10^6 and
+10^7 the audit adds 9.1 s where the bare loop adds 4.8 s (1.90x; an hour before 11.3 s
+against 7.6 s, 1.48x). The audit's time beyond the loop stayed at ~6.5 s at 10^7 in both
+sessions while the loop itself took 11.7 s, then 8.0 s: the ratio moves with the machine. What changed since: labels of a streamed dataset are kept in
 one byte (int8, like its predictions), the row hashes are dropped once data.integrity
 (their last reader) has run, data.integrity sorts the hashes' top 32 bits (4 bytes a row)
 instead of a full copy, counts of one-byte codes no longer go through np.bincount's intp
@@ -353,25 +357,38 @@ def bench_streamed(n: int, engine: str, workers: int, batch: int, train_rows: in
 
 def main_streamed(args: argparse.Namespace) -> None:
     print(f"streamed parquet, engine {args.engine}" + (f" ({args.workers} workers)" if args.engine == "ray" else "")
-          + f", MLP {args.hidden}x{args.layers}, one thread, batch {args.batch}, train rows {args.train_rows:,}; "
-          f"load average {os.getloadavg()[0]:.2f}")
+          + f", MLP {args.hidden}x{args.layers}, one thread, batch {args.batch}, train rows {args.train_rows:,}, "
+          f"{args.repeats} interleaved repetition(s); load average {os.getloadavg()[0]:.2f}")
     print(f"{'N':>12} {'wall s':>8} {'peak MiB':>9} {'rows/s':>10} | {'bare s':>7} {'bare MiB':>9} "
           f"{'bare rows/s':>12} | audit/bare time | load")
-    rows = []
+    sizes = [int(float(size)) for size in args.sizes.split(",")]
+    runs: dict[int, list[dict]] = {n: [] for n in sizes}
     root = Path(args.workdir or tempfile.mkdtemp(prefix="bench-scale-"))
-    for size in args.sizes.split(","):
-        r = bench_streamed(int(float(size)), args.engine, args.workers, args.batch, args.train_rows, root,
-                           args.hidden, args.layers)
-        rows.append(r)
-        print(f"{r['n']:>12,} {r['wall']:8.1f} {r['peak_mib']:9.0f} {r['rows_s']:10,.0f} | {r['bare_wall']:7.1f} "
-              f"{r['bare_peak_mib']:9.0f} {r['bare_rows_s']:12,.0f} | {r['wall'] / r['bare_wall']:6.2f}x | "
-              f"{r['load']:.2f}", flush=True)
-        print(f"    pass {r['pass_s']} s; checks {r['checks']}; statuses {r['status']}", flush=True)
-    for a, b in itertools.pairwise(rows):
-        print(f"N {a['n']:,} -> {b['n']:,} ({b['n'] / a['n']:.0f}x rows): peak RSS x{b['peak_mib'] / a['peak_mib']:.2f}, "
-              f"audit rows/s x{b['rows_s'] / a['rows_s']:.2f}")
+    for _ in range(args.repeats):  # interleaved: this machine's speed drifts within minutes
+        for n in sizes:
+            r = bench_streamed(n, args.engine, args.workers, args.batch, args.train_rows, root, args.hidden,
+                               args.layers)
+            runs[n].append(r)
+            print(f"{r['n']:>12,} {r['wall']:8.1f} {r['peak_mib']:9.0f} {r['rows_s']:10,.0f} | {r['bare_wall']:7.1f} "
+                  f"{r['bare_peak_mib']:9.0f} {r['bare_rows_s']:12,.0f} | {r['wall'] / r['bare_wall']:6.2f}x | "
+                  f"{r['load']:.2f}", flush=True)
+            print(f"    pass {r['pass_s']} s; checks {r['checks']}; statuses {r['status']}", flush=True)
+    med = statistics.median
+    print("medians:")
+    for n in sizes:
+        ratios = [r["wall"] / r["bare_wall"] for r in runs[n]]
+        print(f"{n:>12,}: audit {med(r['wall'] for r in runs[n]):.2f} s, peak {med(r['peak_mib'] for r in runs[n]):.0f} MiB,"
+              f" bare {med(r['bare_wall'] for r in runs[n]):.2f} s; audit/bare {med(ratios):.2f}x "
+              f"({min(ratios):.2f}-{max(ratios):.2f}x over the repetitions)")
+    for a, b in itertools.pairwise(sizes):
+        peaks = [rb["peak_mib"] / ra["peak_mib"] for ra in runs[a] for rb in runs[b]]
+        extra = med(r["wall"] for r in runs[b]) - med(r["wall"] for r in runs[a])
+        bare_extra = med(r["bare_wall"] for r in runs[b]) - med(r["bare_wall"] for r in runs[a])
+        print(f"N {a:,} -> {b:,} ({b / a:.0f}x rows): peak RSS x{med(peaks):.2f} (x{min(peaks):.2f}-x{max(peaks):.2f} "
+              f"over the pairs of runs); the audit adds {extra:.1f} s where the bare loop adds {bare_extra:.1f} s "
+              f"({extra / bare_extra:.2f}x)")
     if args.json:
-        args.json.write_text(json.dumps(rows, indent=1))
+        args.json.write_text(json.dumps([r for n in sizes for r in runs[n]], indent=1))
 
 
 # ---- an image folder, decoded in batches ---------------------------------------------------------
