@@ -60,10 +60,7 @@ class ClassOrder:
 def label_order_problem(y: np.ndarray, logits: np.ndarray, classes: list[str], source: str) -> str | None:
     """A message when the model's predictions say the class order from `source` is wrong,
     else None. `logits`: (N, K), or (N, 1) for a binary model (class 1 when > 0)."""
-    from scipy.optimize import linear_sum_assignment
-    from scipy.stats import binom
-
-    from audit.stats import confusion_counts, row_argmax
+    from audit.stats import binom_cdf, binom_sf, confusion_counts, row_argmax
 
     y = np.asarray(y)
     logits = np.asarray(logits)
@@ -75,6 +72,12 @@ def label_order_problem(y: np.ndarray, logits: np.ndarray, classes: list[str], s
     for s in range(0, n, step):
         z = logits[s:s + step]
         cm += confusion_counts(y[s:s + step], z[:, 0] > 0 if z.shape[1] == 1 else row_argmax(z), k)
+    if (np.diagonal(cm)[:, None] >= cm).all():
+        # every class's most frequent output is its own: no permutation has more hits, and
+        # one with as many would give p >= 0.5 below (spares the scipy.optimize import)
+        return None
+    from scipy.optimize import linear_sum_assignment
+
     _, perm = linear_sum_assignment(cm, maximize=True)  # perm[true class] = model output
     moved = np.flatnonzero(perm != np.arange(k))
     if moved.size == 0:
@@ -87,8 +90,8 @@ def label_order_problem(y: np.ndarray, logits: np.ndarray, classes: list[str], s
     chance_rate = float((rows.sum(axis=1) * pred_share[moved]).sum() / n_moved)
     hits = int(cm[moved, moved].sum())  # right under the order used
     hits_perm = int(cm[moved, perm[moved]].sum())  # right under the permutation
-    p_below = float(binom.cdf(hits, n_moved, chance_rate))
-    p_better = float(binom.sf(hits_perm - 1, hits + hits_perm, 0.5)) if hits + hits_perm else 1.0
+    p_below = binom_cdf(hits, n_moved, chance_rate)
+    p_better = binom_sf(hits_perm - 1, hits + hits_perm, 0.5) if hits + hits_perm else 1.0
     p = max(p_below, p_better)
     if p >= ALPHA:
         return None
@@ -125,7 +128,7 @@ def token_alignment_problem(y: np.ndarray, word_starts: np.ndarray, sub_logits: 
     them: the labels were aligned to the wrong sub-token (a shifted label sequence, a
     forgotten [CLS] offset). Judged on the words inside entities (O would agree under any
     shift), by McNemar's exact test on the words where exactly one reading is right."""
-    from scipy.stats import binom
+    from audit.stats import binom_sf
 
     y = np.asarray(y)
     n_pos = sub_logits.shape[1]
@@ -151,7 +154,7 @@ def token_alignment_problem(y: np.ndarray, word_starts: np.ndarray, sub_logits: 
         c = int((right_s & ~r0).sum())
         if c <= b or b + c == 0:
             continue
-        p = float(binom.sf(c - 1, b + c, 0.5))
+        p = binom_sf(c - 1, b + c, 0.5)
         acc0, acc_s = float(r0.mean()), float(right_s.mean())
         if p < ALPHA and acc_s - acc0 > 0.2:
             return (f"the model's tags fit the words one sub-token {word} ({acc_s:.3f} of {int(inside.sum())} entity "

@@ -1,7 +1,8 @@
 """Confidence intervals that hold at the edges, without per-sample Python loops.
 
 * proportions (accuracy, robust accuracy, overlap and duplicate fractions, agreement):
-  the exact Clopper-Pearson interval (statsmodels' `proportion_confint(method="beta")`).
+  the exact Clopper-Pearson interval (statsmodels' `proportion_confint(method="beta")`,
+  computed with the same scipy.special kernels: `clopper_pearson`).
   It never has zero width on a finite sample (10/10 correct: [0.69, 1.00]) and its
   coverage is at least nominal for every p and n.
 * count bootstrap: a metric that is a function of a table of counts (a confusion
@@ -73,16 +74,103 @@ def resample_counts(counts: np.ndarray, n_resamples: int, rng: np.random.Generat
 
 def proportion(successes: int, n: int, confidence: float) -> Metric:
     """A share with its exact Clopper-Pearson interval; NaN without samples."""
-    from statsmodels.stats.proportion import proportion_confint
-
     successes, n = int(successes), int(n)
     if n <= 0:
         return Metric(float("nan"), None, n=0, successes=0)
-    lo, hi = proportion_confint(successes, n, alpha=1.0 - confidence, method="beta")
-    # statsmodels returns NaN at the ends (0/n, n/n) for some versions: the exact ends are 0 and 1
-    lo = 0.0 if successes == 0 or not np.isfinite(lo) else float(lo)
-    hi = 1.0 if successes == n or not np.isfinite(hi) else float(hi)
+    lo, hi = clopper_pearson(successes, n, confidence)
     return Metric(successes / n, (lo, hi), n=n, successes=successes)
+
+
+# ---- distribution functions -------------------------------------------------------------
+# scipy.special's kernels, the very ones scipy.stats' distributions and statsmodels'
+# proportion_confint call (tests/test_distributions.py holds them equal, bit for bit):
+# importing scipy.stats (or statsmodels.stats, which imports it) costs ~1.3 s, as it builds
+# every distribution's docstring; that is as long as the checks take on 10^7 rows, and it
+# was the largest fixed cost of an audit. scipy.special costs ~0.1 s.
+
+def clopper_pearson(successes: int, n: int, confidence: float) -> tuple[float, float]:
+    """The exact two-sided interval of `successes` out of `n` (n > 0): statsmodels'
+    `proportion_confint(method="beta")`, with its ends at 0 and 1 for 0/n and n/n."""
+    from scipy import special
+
+    half = (1.0 - confidence) / 2.0
+    lo = 0.0 if successes == 0 else float(special.betaincinv(successes, n - successes + 1, half))
+    hi = 1.0 if successes == n else float(special.betainccinv(successes + 1, n - successes, half))
+    return (lo if math.isfinite(lo) else 0.0), (hi if math.isfinite(hi) else 1.0)
+
+
+def _binom_kernels() -> tuple[Callable[..., float], Callable[..., float]]:
+    # scipy.stats.binom's own (Boost) kernels; scipy.special.bdtr is Cephes', which differs
+    # in the last digits. Reached through scipy.stats only if a scipy release moves them.
+    try:
+        from scipy.special._ufuncs import _binom_cdf, _binom_sf  # type: ignore[attr-defined]
+    except ImportError:  # pragma: no cover - another scipy layout
+        from scipy.stats import binom
+
+        return (lambda k, n, p: binom.cdf(k, n, p)), (lambda k, n, p: binom.sf(k, n, p))
+    return _binom_cdf, _binom_sf
+
+
+def binom_cdf(k: float, n: int, p: float) -> float:
+    """P(X <= k) for X ~ Binomial(n, p): scipy.stats.binom.cdf."""
+    if not 0.0 <= p <= 1.0 or n < 0:
+        return float("nan")
+    k = math.floor(k)
+    return 0.0 if k < 0 else 1.0 if k >= n else float(_binom_kernels()[0](k, n, p))
+
+
+def binom_sf(k: float, n: int, p: float) -> float:
+    """P(X > k) for X ~ Binomial(n, p): scipy.stats.binom.sf."""
+    if not 0.0 <= p <= 1.0 or n < 0:
+        return float("nan")
+    k = math.floor(k)
+    return 1.0 if k < 0 else 0.0 if k >= n else float(_binom_kernels()[1](k, n, p))
+
+
+def norm_ppf(q: float) -> float:
+    from scipy import special
+
+    return float(special.ndtri(q))
+
+
+def norm_cdf(z: float) -> float:
+    from scipy import special
+
+    return float(special.ndtr(z))
+
+
+def t_ppf(q: float, df: float) -> float:
+    from scipy import special
+
+    return float(special.stdtrit(df, q))
+
+
+def t_cdf(z: float, df: float) -> float:
+    from scipy import special
+
+    return float(special.stdtr(df, z))
+
+
+def chi2_contingency_pvalue(observed: np.ndarray) -> float:
+    """Pearson's chi-square test of independence on a contingency table, with Yates'
+    correction when it has one degree of freedom: scipy.stats.chi2_contingency(...).pvalue.
+    Every expected frequency must be positive (no empty row or column)."""
+    from scipy import special
+
+    observed = np.asarray(observed, dtype=np.float64)
+    if observed.ndim != 2 or observed.size == 0 or (observed < 0).any():
+        raise ValueError("a contingency table is a non-empty 2-D table of non-negative counts")
+    expected = observed.sum(axis=1, keepdims=True) * observed.sum(axis=0, keepdims=True) / observed.sum()
+    if (expected == 0).any():
+        raise ValueError("the table has an empty row or column")
+    dof = expected.size - sum(expected.shape) + expected.ndim - 1
+    if dof == 0:
+        return 1.0
+    if dof == 1:
+        diff = expected - observed
+        observed = observed + np.minimum(0.5, np.abs(diff)) * np.sign(diff)
+    stat = float(((observed - expected) ** 2 / expected).sum())
+    return float(special.chdtrc(dof, stat))
 
 
 def from_draws(value: float, draws: np.ndarray, confidence: float, *, n: int | None = None,
@@ -130,11 +218,9 @@ def p_wrong_side(metric: Metric, op: str, limit: float) -> float | None:
     if metric.approx is not None and metric.approx.se > 0 and math.isfinite(metric.value):
         return _normal_p(metric.value, metric.approx, op, limit)
     if metric.successes is not None and metric.n:
-        from scipy.stats import binom
-
         x, n = metric.successes, metric.n
         # H0 for a min threshold: p <= limit; evidence against it is many successes
-        return float(binom.sf(x - 1, n, limit)) if op == "min" else float(binom.cdf(x, n, limit))
+        return binom_sf(x - 1, n, limit) if op == "min" else binom_cdf(x, n, limit)
     if metric.draws is not None:
         d = np.asarray(metric.draws, dtype=np.float64)
         d = d[np.isfinite(d)]
@@ -318,10 +404,8 @@ def ratio_of_medians(a: np.ndarray, b: np.ndarray, *, confidence: float, rng: np
 # ---- intervals from a variance: cost O(N), never resamples x N ---------------------------
 
 def _quantile(confidence: float, df: float | None) -> float:
-    from scipy.stats import norm, t
-
     q = 1.0 - (1.0 - confidence) / 2.0
-    return float(norm.ppf(q)) if df is None or not math.isfinite(df) else float(t.ppf(q, df))
+    return norm_ppf(q) if df is None or not math.isfinite(df) else t_ppf(q, df)
 
 
 def _to_link(v: float, link: str) -> float:
@@ -343,14 +427,12 @@ def _from_link(g: float, link: str) -> float:
 
 
 def _normal_p(value: float, approx: NormalApprox, op: str, limit: float) -> float:
-    from scipy.stats import norm, t
-
     z = (_to_link(value, approx.link) - _to_link(limit, approx.link)) / approx.se
-    dist = norm if approx.df is None else t(approx.df)
     if math.isnan(z):
         return 0.5
-    # min: H0 true value <= limit, evidence against it is a large z
-    return float(dist.sf(z) if op == "min" else dist.cdf(z))
+    # min: H0 true value <= limit, evidence against it is a large z (sf(z) = cdf(-z))
+    z = -z if op == "min" else z
+    return norm_cdf(z) if approx.df is None else t_cdf(z, approx.df)
 
 
 def hoeffding_half_width(bounds: Bounds, n: int, confidence: float) -> float:
