@@ -173,6 +173,9 @@ def make_data(folder: Path, n: int, seed: int = 0) -> None:
 
 def env_for(code: Path | None) -> dict[str, str]:
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1")
+    # as an installed suite runs: pip writes the .pyc files at install; a shell with
+    # PYTHONDONTWRITEBYTECODE (this machine's) would compile the suite's ~90 modules every run
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
     env["AUDIT_CACHE_DIR"] = env.get("AUDIT_CACHE_DIR", str(Path(tempfile.gettempdir()) / "audit-bench-cache"))
     if code is not None:
         env["PYTHONPATH"] = str(code)
@@ -292,11 +295,16 @@ def make_model(path: Path, seed: int = 0, hidden: int = 64, layers: int = 2) -> 
         mods += [torch.nn.Linear(hidden, hidden), torch.nn.ReLU()]
     mods.append(torch.nn.Linear(hidden, 2))
     mlp = torch.nn.Sequential(*mods)
-    with torch.no_grad():  # a model that roughly fits the label, so metrics are non-trivial
-        mlp[0].weight[:2].zero_()
-        mlp[0].weight[0, 1], mlp[0].weight[1, 2] = 1.0, 0.5
+    with torch.no_grad():  # a model that roughly fits the label, so metrics are non-trivial:
+        # hidden unit 0 carries relu(x1 + 0.5 x2) through every layer, class 1 when it is > 0.5
+        mlp[0].weight[0].zero_()
+        mlp[0].weight[0, 1], mlp[0].weight[0, 2], mlp[0].bias[0] = 1.0, 0.5, 0.0
+        for layer in mlp[2:-1:2]:
+            layer.weight[0].zero_()
+            layer.weight[0, 0], layer.bias[0] = 1.0, 0.0
         mlp[-1].weight.zero_()
         mlp[-1].weight[1, 0] = 2.0
+        mlp[-1].bias[0], mlp[-1].bias[1] = 0.0, -1.0
     torch.jit.script(mlp.eval()).save(str(path))
 
 
