@@ -56,6 +56,66 @@ def _class_name_attr(node: ast.ClassDef) -> str | None:
     return None
 
 
+def _classes_in(path: Path) -> list[tuple[str, str | None]]:
+    """(class, its literal `name` or None) of each `@register_check` class in one file."""
+    tree = ast.parse(path.read_bytes(), filename=str(path))
+    return [(node.name, _class_name_attr(node)) for node in tree.body
+            if isinstance(node, ast.ClassDef) and _decorated(node)]
+
+
+class _ScanCache:
+    """`_classes_in` per file, kept on disk under $AUDIT_CACHE_DIR (default
+    ~/.cache/audit-suite/) and keyed by path, size and modification time, as Python keeps
+    its bytecode: parsing every check module costs ~0.25 s, on every command. A file
+    that changed is parsed again; a cache that cannot be read or written is ignored."""
+
+    def __init__(self) -> None:
+        import os
+
+        root = os.environ.get("AUDIT_CACHE_DIR") or str(Path.home() / ".cache" / "audit-suite")
+        self.path = Path(root) / "registry-scan.json"
+        self.entries: dict[str, list] = {}
+        self.dirty = False
+        try:
+            import json
+
+            loaded = json.loads(self.path.read_text())
+            if isinstance(loaded, dict) and loaded.get("format") == _SCAN_FORMAT:
+                self.entries = loaded.get("files", {})
+        except (OSError, ValueError):
+            pass
+
+    def classes(self, path: Path) -> list[tuple[str, str | None]]:
+        st = path.stat()
+        key, stamp = str(path.resolve()), [st.st_size, st.st_mtime_ns]
+        hit = self.entries.get(key)
+        if isinstance(hit, list) and len(hit) == 2 and hit[0] == stamp:
+            return [(str(c), None if n is None else str(n)) for c, n in hit[1]]
+        found = _classes_in(path)
+        self.entries[key] = [stamp, [list(f) for f in found]]
+        self.dirty = True
+        return found
+
+    def save(self) -> None:
+        if not self.dirty:
+            return
+        import json
+        import os
+        import tempfile
+
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=".registry-scan.")
+            with os.fdopen(fd, "w") as fh:
+                json.dump({"format": _SCAN_FORMAT, "files": self.entries}, fh)
+            os.replace(tmp, self.path)  # atomic: a concurrent reader sees the old or the new file
+        except OSError:
+            pass
+
+
+_SCAN_FORMAT = 1  # bump when `_classes_in` changes what it reads
+
+
 def scan(package: str) -> dict[str, str]:
     """{check name: "module:Class"} for the `@register_check` classes in `package` (a
     package is walked recursively; a plain module is read alone), without importing them."""
@@ -68,6 +128,7 @@ def scan(package: str) -> dict[str, str]:
         files = [(Path(spec.origin), None)]
     else:
         raise RegistryError(f"check package '{package}' has no Python source to scan")
+    cache = _ScanCache()
     found: dict[str, str] = {}
     for path, root in files:
         if root is None:
@@ -76,16 +137,14 @@ def scan(package: str) -> dict[str, str]:
             rel = path.relative_to(root).with_suffix("")
             parts = [p for p in rel.parts if p != "__init__"]
             module = ".".join([package, *parts])
-        tree = ast.parse(path.read_bytes(), filename=str(path))
-        for node in tree.body:
-            if isinstance(node, ast.ClassDef) and _decorated(node):
-                name = _class_name_attr(node)
-                if name is None:
-                    raise RegistryError(f"{module}:{node.name} is registered but has no literal `name = \"...\"`")
-                target = f"{module}:{node.name}"
-                if name in found:
-                    raise DuplicateCheckError(f"check '{name}' is registered twice ({found[name]} and {target})")
-                found[name] = target
+        for cls, name in cache.classes(path):
+            if name is None:
+                raise RegistryError(f"{module}:{cls} is registered but has no literal `name = \"...\"`")
+            target = f"{module}:{cls}"
+            if name in found:
+                raise DuplicateCheckError(f"check '{name}' is registered twice ({found[name]} and {target})")
+            found[name] = target
+    cache.save()
     return found
 
 

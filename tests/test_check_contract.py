@@ -74,3 +74,41 @@ def test_listing_the_checks_imports_none_of_them() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          cwd=Path(__file__).parent.parent)
     assert out.returncode == 0, out.stdout + out.stderr
+
+
+def test_the_scan_is_kept_per_file_and_a_changed_file_is_read_again(tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    import ast
+    import os
+
+    from audit import registry as reg_module
+
+    monkeypatch.setenv("AUDIT_CACHE_DIR", str(tmp_path / "cache"))
+    pkg = tmp_path / "cached_checks"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("")
+    body = ("from audit.registry import register_check\nfrom audit.check import Check\n\n"
+            "@register_check\nclass A(Check):\n    name = '{name}'\n")
+    (pkg / "a.py").write_text(body.format(name="cached.one"))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    assert reg_module.scan("cached_checks") == {"cached.one": "cached_checks.a:A"}
+    assert (tmp_path / "cache" / "registry-scan.json").exists()
+
+    parsed: list[str] = []
+    real_parse = ast.parse
+    monkeypatch.setattr(ast, "parse", lambda src, filename="<unknown>", **kw: (
+        parsed.append(str(filename)), real_parse(src, filename=filename, **kw))[1])
+    assert reg_module.scan("cached_checks") == {"cached.one": "cached_checks.a:A"}
+    assert parsed == []  # every file from the cache
+    (pkg / "a.py").write_text(body.format(name="cached.renamed"))
+    st = (pkg / "a.py").stat()
+    os.utime(pkg / "a.py", ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000))
+    assert reg_module.scan("cached_checks") == {"cached.renamed": "cached_checks.a:A"}
+    assert parsed == [str(pkg / "a.py")]  # only the file that changed
+
+    # a broken cache file, or one that cannot be written, is not an error: the files are read
+    (tmp_path / "cache" / "registry-scan.json").write_text("{not json")
+    assert reg_module.scan("cached_checks") == {"cached.renamed": "cached_checks.a:A"}
+    monkeypatch.setenv("AUDIT_CACHE_DIR", str(tmp_path / "a-file"))
+    (tmp_path / "a-file").write_text("")
+    assert reg_module.scan("cached_checks") == {"cached.renamed": "cached_checks.a:A"}
