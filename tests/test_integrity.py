@@ -265,3 +265,18 @@ def test_token_ids_padded_to_different_widths_are_compared_at_one_width() -> Non
     _, _, test_hit, _ = _reference(xtr, pad)
     assert m.metrics["train_test_overlap"].value == len(test_hit) / 200 and len(test_hit) >= 20
     assert m.metrics["duplicate_fraction"].value == len(dup) / 200 and len(dup) >= 1
+
+
+def test_repeated_prefixes_found_across_chunk_edges() -> None:
+    # _repeated compares neighbours chunk by chunk; a pair split by a chunk edge still counts
+    from checks.data import integrity as integ
+
+    edge = integ._SCAN_ROWS
+    rng = np.random.default_rng(5)
+    for n in (0, 1, 2, edge - 1, edge, edge + 1, 2 * edge + 3):
+        s = np.sort(rng.integers(0, max(n // 3, 1), n).astype(np.uint32))
+        want = np.unique(s[1:][s[1:] == s[:-1]])
+        assert np.array_equal(integ._repeated(s), want), n
+    s = np.arange(2 * edge + 5, dtype=np.uint32)
+    s[edge] = s[edge - 1]  # the only repeat: its two copies on either side of the first edge
+    assert integ._repeated(np.sort(s)).tolist() == [edge - 1]

@@ -36,7 +36,7 @@ class IntegrityParams(Params):
 
 
 _CONFIRM_ROWS = 65_536  # rows compared byte for byte at a time
-_SCAN_ROWS = 1 << 20  # rows looked up at a time: bounds a scan's temporaries (~10-20 MiB)
+_SCAN_ROWS = 1 << 18  # rows looked up at a time: bounds a scan's temporaries (~3-5 MiB)
 
 
 def _distinct(s: np.ndarray) -> np.ndarray:
@@ -46,8 +46,13 @@ def _distinct(s: np.ndarray) -> np.ndarray:
 
 
 def _repeated(s: np.ndarray) -> np.ndarray:
-    """Sorted distinct values that occur more than once in the sorted array `s`."""
-    return _distinct(s[1:][s[1:] == s[:-1]])
+    """Sorted distinct values that occur more than once in the sorted array `s`, compared
+    in chunks (no N-length mask)."""
+    out = []
+    for a in range(0, max(s.size - 1, 0), _SCAN_ROWS):
+        nxt = s[a + 1:a + 1 + _SCAN_ROWS]
+        out.append(nxt[nxt == s[a:a + nxt.size]])
+    return _distinct(np.concatenate(out)) if out else s[:0]
 
 
 def _common(a: np.ndarray, b: np.ndarray) -> np.ndarray:
