@@ -30,42 +30,57 @@ performance.calibration and data.integrity; wall time and peak RSS.
 
     python benchmarks/bench_scale.py --images 100000
 
-Measured (2026-11-30, second session, 2 cores, load average 0.1-1.3, the same files). This
-machine's speed drifts by ~30% within an hour (the bare loop at 10^7 took 7.2-13.3 s), so
-single runs mislead; `--repeats 5` (interleaved), medians, two sessions an hour apart:
+Measured (2026-11-30, third session, 2 cores, load average 0.9-1.1). This machine's speed
+drifts by ~30% within an hour, so single runs mislead; `--repeats 3` (interleaved),
+medians, on the same parquet files as before and a model that now fits the label
+(accuracy 0.71; the earlier 2-layer MLP predicted one class whatever the input):
 
     N        audit      peak RSS   bare loop   audit/bare (range over the repetitions)
-    10^5      4.50 s    461 MiB     2.50 s     1.78x (1.71-1.82x)
-    10^6      5.36 s    499 MiB     3.17 s     1.82x (1.46-1.89x)
-    10^7     14.43 s    724 MiB     7.95 s     1.79x (1.46-1.81x)
-    (an hour before: 10^6 7.05 s, 492 MiB, bare 4.07 s; 10^7 18.38 s, 724 MiB, bare
-    11.71 s, 1.67x (1.54-1.71x))
+    10^5      5.00 s    416 MiB     3.36 s     1.40x (1.22-1.55x)
+    10^6      5.83 s    444 MiB     4.78 s     1.22x (1.18-1.34x)
+    10^7     17.47 s    677 MiB    11.37 s     1.54x (1.26-1.55x)
+    (half an hour before, the same code less the registry cache: 10^5 1.40x (1.28-1.76x),
+    10^6 1.54x (1.31-1.57x), 10^7 14.07 s against 9.57 s, 1.46x (1.45-1.47x))
 
-Peak RSS 10^6 -> 10^7: x1.45 (x1.44-x1.48 over the pairs of runs; an hour before x1.47,
-x1.46-x1.50); the first session of the day had 507 -> 840 MiB (x1.66). Between 10^6 and
-10^7 the audit adds 9.1 s where the bare loop adds 4.8 s (1.90x; an hour before 11.3 s
-against 7.6 s, 1.48x). The audit's time beyond the loop stayed at ~6.5 s at 10^7 in both
-sessions while the loop itself took 11.7 s, then 8.0 s: the ratio moves with the machine. What changed since: labels of a streamed dataset are kept in
-one byte (int8, like its predictions), the row hashes are dropped once data.integrity
-(their last reader) has run, data.integrity sorts the hashes' top 32 bits (4 bytes a row)
-instead of a full copy, counts of one-byte codes no longer go through np.bincount's intp
-copy (8 bytes a row) or np.take's, the dataset's content hash is computed on a worker
-thread while the checks run (1.2 s at 10^7), calibration's two-class reductions and every
-two-column arg-max skip NumPy's axis-1 reductions, classification reduces its log losses
-and gathers its ROC AUC scores in one pass, and DeLong searches within cache-sized slices.
-Results are identical to the previous version's (every metric, interval, status and the
-dataset hashes, compared at 10^7). What is left at 10^7: ~21 B/row kept (logits 8, row
-hash 8 until integrity has run, label, prediction, group and sensitive codes 1 each) and
-the ROC AUC interval's sorted scores (8 B/row, the peak) while it runs; time beyond the
-bare loop: fixed ~3 s (the check modules' imports 1.5-1.9 s, of which scipy.stats
-0.9-1.4 s; interpreter teardown ~0.4 s more than the loop's) and per row the checks
-(~2-3 s at 10^7), loading labels and groups (0.7 s) and a pass slightly slower than the
-bare loop (it also hashes every block, on a second thread).
---images 100000: 45.2 s, 576 MiB peak (the day before 71 s, 583 MiB).
-Ray (--engine ray, MLP 1024x4, 2x10^5 rows, load ~0.9): the pass takes 29.0 s with one
-worker and 20.1 s with two (x1.45; wall 50.4 s -> 41.7 s): two cores for two actors and
-the driver, and each Ray pass starts its actors (~5 s; the train set's hash-only pass pays
-it too).
+The second session's medians were 1.78x, 1.82x and 1.79x (10^7: 14.43 s, 724 MiB, bare
+7.95 s). With a model costlier per row (`--hidden 256 --layers 3`, ~4 us a row against
+~0.7 us), 10^7 rows: 56.2 s against 48.9 s, 1.15x (1.08-1.22x): the audit's cost beyond
+the loop is per row about that of the small model, so the ratio falls as the model grows.
+
+What changed: an audit no longer imports scipy.stats (1.3 s: it builds every distribution's
+docstring; the binomial, normal, t, chi-square and Clopper-Pearson functions now call the
+scipy.special kernels scipy.stats itself calls, equal bit for bit) nor scipy.optimize when
+every class's most frequent prediction is its own; rich.progress is imported only when
+progress is shown; the registry keeps its scan of the check modules (0.25 s a command);
+inference converts each block to one tensor and slices it per batch (the pass is now within
+~5% of the bare loop per block, from ~20%); data.integrity scans in smaller chunks; the
+children write .pyc files, as an installed suite has them (this machine's shell sets
+PYTHONDONTWRITEBYTECODE, which made every run compile the suite, ~0.3 s). Every metric,
+interval and status is identical to the previous version's (compared at 10^5: 1,139 values
+of results.json, timings aside).
+
+Peak RSS 10^6 -> 10^7: x1.53 (x1.51-x1.54 over the pairs of runs), where the second session
+measured x1.45: both peaks fell (724 -> 677 MiB at 10^7), but the fixed part fell more (not
+importing scipy.stats saves ~45 MiB at every size), so the ratio rose. What grows with N is
+unchanged, ~25 B/row at the peak, which is now data.integrity (logits 8 B/row, row hashes 8,
+their sorted 32-bit prefixes 4, label, prediction and two sensitive codes 1 each); the ROC
+AUC interval's moment is as high (logits, sorted scores 8 B/row, the codes).
+
+Time beyond the bare loop at 10^7 (~4.5 s): fixed ~1.2 s (the suite's imports beyond torch
+and pyarrow: pandas 0.5 s, which fairness.group's factorisation and the row hashes use,
+scipy.special 0.3 s, the suite's own modules 0.4 s), loading the labels and sensitive
+columns 0.7 s, and the checks 2.1-2.8 s (performance.classification ~1.1 s, of which
+DeLong's placements of 10^7 sorted scores 0.7 s and the probabilities 0.3 s;
+data.integrity's hash index 0.5-0.8 s; calibration 0.6 s; fairness 0.15 s), with the pass
+~3% slower than the loop. What would close the gap on this model: the checks' per-chunk
+reductions (calibration's cells, the log losses) and the label columns computed on the
+second core during the pass, which is ~70% idle then (estimated ~1.4 s at 10^7, to ~1.33x).
+--images 100000: 45.2 s, 576 MiB peak (second session).
+Ray (--engine ray, MLP 1024x4, 2x10^5 rows, load 0.6-1.3; two runs each, interleaved): the
+pass takes 25.9 and 25.5 s with one worker, 20.6 and 19.7 s with two (x1.27; wall 41.2 and
+39.0 s -> 33.3 and 33.5 s). Two cores carry the two actors, the driver and Ray's own
+processes. The train set's pass (no model, 10^5 rows) now runs on the driver: starting an
+actor pool for it cost ~5 s. The second session measured x1.48 (22.8 -> 15.4 s).
 """
 
 from __future__ import annotations
