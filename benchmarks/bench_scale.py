@@ -30,51 +30,60 @@ performance.calibration and data.integrity; wall time and peak RSS.
 
     python benchmarks/bench_scale.py --images 100000
 
-Measured (2026-11-30, third session, 2 cores, load average 0.9-1.1). This machine's speed
-drifts by ~30% within an hour, so single runs mislead; `--repeats 3` (interleaved),
-medians, on the same parquet files as before and a model that now fits the label
-(accuracy 0.71; the earlier 2-layer MLP predicted one class whatever the input):
+Measured (2026-11-30, third session, 2 cores, load average 0.9-1.2). This machine's speed
+drifts by ~30% within minutes (the same bare loop took 4.5 s and 6.8 s a minute apart), so
+single runs mislead; `--repeats 3` (interleaved), medians, on the same parquet files as
+before and a model that now fits the label (accuracy 0.71; the earlier 2-layer MLP
+predicted one class whatever the input). Each child starts with the files in the page
+cache (`warm_files`), and the bare loop's own time excludes its one-time costs:
 
-    N        audit      peak RSS   bare loop   audit/bare (range over the repetitions)
-    10^5      5.00 s    416 MiB     3.36 s     1.40x (1.22-1.55x)
-    10^6      5.83 s    444 MiB     4.78 s     1.22x (1.18-1.34x)
-    10^7     17.47 s    677 MiB    11.37 s     1.54x (1.26-1.55x)
-    (half an hour before, the same code less the registry cache: 10^5 1.40x (1.28-1.76x),
-    10^6 1.54x (1.31-1.57x), 10^7 14.07 s against 9.57 s, 1.46x (1.45-1.47x))
+    N        audit      peak RSS   bare loop   audit/bare (range)   pass / loop alone
+    10^5      5.10 s    416 MiB     3.76 s     1.49x (1.21-1.50x)   1.62x (1.58-1.70x)
+    10^6      6.36 s    446 MiB     4.68 s     1.41x (1.36-1.59x)   1.57x (1.48-1.88x)
+    10^7     17.21 s    679 MiB    10.60 s     1.59x (1.52-1.62x)   1.22x (1.19-1.23x)
 
-The second session's medians were 1.78x, 1.82x and 1.79x (10^7: 14.43 s, 724 MiB, bare
-7.95 s). With a model costlier per row (`--hidden 256 --layers 3`, ~4 us a row against
-~0.7 us), 10^7 rows: 56.2 s against 48.9 s, 1.15x (1.08-1.22x): the audit's cost beyond
-the loop is per row about that of the small model, so the ratio falls as the model grows.
+Two earlier runs of three repetitions this session (before `warm_files`) gave medians of
+1.40x, 1.22x, 1.54x and 1.40x, 1.54x, 1.46x; the second session's were 1.78x, 1.82x and
+1.79x (10^7: 14.43 s, 724 MiB, bare 7.95 s). At 10^5 and 10^6 the pass's own fixed costs
+(its thread, the first row hashes' lazy imports) weigh on a loop of 0.1-0.7 s; at 10^7
+the pass's per-row cost beyond the loop is the block hashing (SHA-256 of the inputs and
+a hash per row, on the second thread, which still slows the first by ~0.6-0.8 s each
+on this VM) and reading into blocks. With a model costlier per row (`--hidden 256
+--layers 3`, ~4 us a row against ~0.7 us): 10^6 1.42x (1.36-1.47x), 10^7 59.2 s against
+55.0 s, 1.08x (1.05-1.11x), the pass 0.98x the loop alone: the audit's cost beyond the
+loop is per row about that of the small model, so the ratio falls as the model grows.
 
 What changed: an audit no longer imports scipy.stats (1.3 s: it builds every distribution's
 docstring; the binomial, normal, t, chi-square and Clopper-Pearson functions now call the
 scipy.special kernels scipy.stats itself calls, equal bit for bit) nor scipy.optimize when
 every class's most frequent prediction is its own; rich.progress is imported only when
 progress is shown; the registry keeps its scan of the check modules (0.25 s a command);
-inference converts each block to one tensor and slices it per batch (the pass is now within
-~5% of the bare loop per block, from ~20%); data.integrity scans in smaller chunks; the
+inference converts each block to one tensor and slices it per batch (the model's loop over a
+block is now within ~5% of a bare loop's, from ~20%); data.integrity scans in smaller chunks; the
 children write .pyc files, as an installed suite has them (this machine's shell sets
 PYTHONDONTWRITEBYTECODE, which made every run compile the suite, ~0.3 s). Every metric,
 interval and status is identical to the previous version's (compared at 10^5: 1,139 values
 of results.json, timings aside).
 
-Peak RSS 10^6 -> 10^7: x1.53 (x1.51-x1.54 over the pairs of runs), where the second session
-measured x1.45: both peaks fell (724 -> 677 MiB at 10^7), but the fixed part fell more (not
+Peak RSS 10^6 -> 10^7: x1.52 (x1.51-x1.54 over the pairs of runs; x1.53 in each earlier run),
+where the second session measured x1.45: both peaks fell (724 -> 679 MiB at 10^7, 499 ->
+446 MiB at 10^6), but the fixed part fell more (not
 importing scipy.stats saves ~45 MiB at every size), so the ratio rose. What grows with N is
 unchanged, ~25 B/row at the peak, which is now data.integrity (logits 8 B/row, row hashes 8,
 their sorted 32-bit prefixes 4, label, prediction and two sensitive codes 1 each); the ROC
 AUC interval's moment is as high (logits, sorted scores 8 B/row, the codes).
 
-Time beyond the bare loop at 10^7 (~4.5 s): fixed ~1.2 s (the suite's imports beyond torch
-and pyarrow: pandas 0.5 s, which fairness.group's factorisation and the row hashes use,
-scipy.special 0.3 s, the suite's own modules 0.4 s), loading the labels and sensitive
-columns 0.7 s, and the checks 2.1-2.8 s (performance.classification ~1.1 s, of which
-DeLong's placements of 10^7 sorted scores 0.7 s and the probabilities 0.3 s;
-data.integrity's hash index 0.5-0.8 s; calibration 0.6 s; fairness 0.15 s), with the pass
-~3% slower than the loop. What would close the gap on this model: the checks' per-chunk
-reductions (calibration's cells, the log losses) and the label columns computed on the
-second core during the pass, which is ~70% idle then (estimated ~1.4 s at 10^7, to ~1.33x).
+Time beyond the bare loop at 10^7 (4.5-6.6 s over the runs): fixed ~1 s (the suite's
+imports beyond torch, pyarrow and pandas, which pyarrow's to_numpy imports in the bare loop
+too: scipy.special 0.3 s, the suite's own modules 0.4 s; the spec, the report), loading the
+labels and sensitive columns 0.7 s, the pass ~1.2x the loop alone (1.5-2 s), and the checks
+2.1-2.8 s (performance.classification ~1.1 s, of which DeLong's placements of 10^7 sorted
+scores 0.7 s and the probabilities 0.3 s; data.integrity's hash index 0.5-0.8 s;
+calibration 0.6 s; fairness 0.15 s). What could still move to the second core: the checks'
+per-chunk reductions (calibration's cells, the log losses) and the label columns, during
+the pass (~1.3 s); but on this VM work on the second core slows the first (an ablation of
+the pass: SHA-256 of the blocks +0.8 s, row hashes +0.6 s to the first thread's time, though
+neither holds the GIL for long), so the gain is uncertain.
 --images 100000: 45.2 s, 576 MiB peak (second session).
 Ray (--engine ray, MLP 1024x4, 2x10^5 rows, load 0.6-1.3; two runs each, interleaved): the
 pass takes 25.9 and 25.5 s with one worker, 20.6 and 19.7 s with two (x1.27; wall 41.2 and
@@ -260,12 +269,17 @@ import sys, time, json
 import numpy as np, pyarrow.parquet as pq, torch
 torch.set_num_threads(1)
 path, batch = sys.argv[1], int(sys.argv[2])
-t0 = time.perf_counter()
 model = torch.jit.load(sys.argv[3]).eval()
 f = pq.ParquetFile(path, pre_buffer=False)  # as the suite reads it: bounded memory
 cols = [c for c in f.schema_arrow.names if c.startswith("f")]
 n, pos = 0, 0
 with torch.inference_mode():
+    # one-time costs out of the loop's time, as the audit pays them before its pass:
+    # TorchScript optimises on its first calls; pyarrow's first to_numpy imports pandas (~0.5 s)
+    for _ in range(3):
+        model(torch.zeros(batch, len(cols)))
+    next(pq.ParquetFile(path, pre_buffer=False).iter_batches(batch_size=1024, columns=cols)).column(0).to_numpy()
+    t0 = time.perf_counter()  # the loop alone
     for rb in f.iter_batches(batch_size=65536, columns=cols):
         x = np.stack([rb.column(i).to_numpy() for i in range(len(cols))], axis=1).astype(np.float32)
         for s in range(0, len(x), batch):
@@ -323,9 +337,19 @@ def make_model(path: Path, seed: int = 0, hidden: int = 64, layers: int = 2) -> 
     torch.jit.script(mlp.eval()).save(str(path))
 
 
-def timed_child(cmd: list[str], env: dict[str, str], cwd: Path) -> tuple[float, float, int, str]:
-    """(wall seconds, peak RSS in MiB, exit code, stderr tail) of one child process run with
-    CHILD_RSS in front: its own peak, not the largest of every child this script ran."""
+def warm_files(folder: Path) -> None:
+    """Read the folder's data and model files once, so that each timed child starts with
+    them in the page cache: this VM's host reclaims pages left untouched for a while, and
+    whichever child ran first would otherwise read from disk for the one after it."""
+    for path in sorted(folder.glob("*.parquet")) + sorted(folder.glob("*.pt")):
+        with open(path, "rb") as fh:
+            while fh.read(1 << 23):
+                pass
+
+
+def timed_child(cmd: list[str], env: dict[str, str], cwd: Path) -> tuple[float, float, int, str, str]:
+    """(wall seconds, peak RSS in MiB, exit code, stderr tail, stdout) of one child process
+    run with CHILD_RSS in front: its own peak, not the largest of every child this script ran."""
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, env=env, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     out, err = proc.communicate()
@@ -334,7 +358,7 @@ def timed_child(cmd: list[str], env: dict[str, str], cwd: Path) -> tuple[float, 
     for line in (out or "").splitlines():
         if line.startswith("PEAK_RSS_KB="):
             peak = int(line.split("=", 1)[1]) / 1024
-    return wall, peak, proc.returncode, (err or "")[-2000:]
+    return wall, peak, proc.returncode, (err or "")[-2000:], out or ""
 
 
 # the child reports its own peak RSS (ru_maxrss of RUSAGE_SELF, KiB on Linux) as it exits
@@ -361,17 +385,21 @@ def bench_streamed(n: int, engine: str, workers: int, batch: int, train_rows: in
            "from audit.cli import main; code = main(sys.argv[1:]); sys.stdout.flush(); sys.exit(code)",
            "run", str(folder / "spec.yaml"), "--out", str(out), "--format", "json", "--quiet", "--force"]
     load = os.getloadavg()[0]
-    wall, peak, code, err = timed_child(cmd, env, folder)
+    warm_files(folder)
+    wall, peak, code, err, _ = timed_child(cmd, env, folder)
     if code not in (0, 1):
         raise RuntimeError(f"audit run exited {code}: {err}")
     res = json.loads((out / "results.json").read_text())
-    bare_wall, bare_peak, code, err = timed_child(
+    warm_files(folder)
+    bare_wall, bare_peak, code, err, out = timed_child(
         [sys.executable, "-c", CHILD_RSS + BARE_LOOP, str(folder / "test.parquet"), str(batch),
          str(folder / "model.pt")], env, folder)
     if code != 0:
         raise RuntimeError(f"bare loop exited {code}: {err}")
     ex = res["provenance"].get("execution", {})
-    return {"n": n, "engine": engine, "wall": wall, "peak_mib": peak, "rows_s": n / wall,
+    # the loop's own seconds (model load and loop, after the imports) beside the audit's pass
+    loop_s = next(json.loads(line)["seconds"] for line in out.splitlines() if line.startswith("{"))
+    return {"n": n, "engine": engine, "wall": wall, "peak_mib": peak, "rows_s": n / wall, "loop_s": loop_s,
             "bare_wall": bare_wall, "bare_peak_mib": bare_peak, "bare_rows_s": n / bare_wall, "load": load,
             "status": {c["id"]: c["status"] for c in res["checks"]},
             "pass_s": ex.get("datasets", {}).get("test", {}).get("seconds"),
@@ -395,14 +423,17 @@ def main_streamed(args: argparse.Namespace) -> None:
             print(f"{r['n']:>12,} {r['wall']:8.1f} {r['peak_mib']:9.0f} {r['rows_s']:10,.0f} | {r['bare_wall']:7.1f} "
                   f"{r['bare_peak_mib']:9.0f} {r['bare_rows_s']:12,.0f} | {r['wall'] / r['bare_wall']:6.2f}x | "
                   f"{r['load']:.2f}", flush=True)
-            print(f"    pass {r['pass_s']} s; checks {r['checks']}; statuses {r['status']}", flush=True)
+            print(f"    pass {r['pass_s']} s against the bare loop's own {r['loop_s']:.2f} s "
+                  f"({r['pass_s'] / r['loop_s']:.2f}x); checks {r['checks']}; statuses {r['status']}", flush=True)
     med = statistics.median
     print("medians:")
     for n in sizes:
         ratios = [r["wall"] / r["bare_wall"] for r in runs[n]]
+        passes = [r["pass_s"] / r["loop_s"] for r in runs[n]]
         print(f"{n:>12,}: audit {med(r['wall'] for r in runs[n]):.2f} s, peak {med(r['peak_mib'] for r in runs[n]):.0f} MiB,"
               f" bare {med(r['bare_wall'] for r in runs[n]):.2f} s; audit/bare {med(ratios):.2f}x "
-              f"({min(ratios):.2f}-{max(ratios):.2f}x over the repetitions)")
+              f"({min(ratios):.2f}-{max(ratios):.2f}x over the repetitions); the pass against the loop alone "
+              f"{med(passes):.2f}x ({min(passes):.2f}-{max(passes):.2f}x)")
     for a, b in itertools.pairwise(sizes):
         peaks = [rb["peak_mib"] / ra["peak_mib"] for ra in runs[a] for rb in runs[b]]
         extra = med(r["wall"] for r in runs[b]) - med(r["wall"] for r in runs[a])
@@ -470,7 +501,7 @@ def main_images(args: argparse.Namespace) -> None:
            "from audit.cli import main; code = main(sys.argv[1:]); sys.stdout.flush(); sys.exit(code)",
            "run", str(folder / "spec.yaml"), "--out", str(out), "--format", "json", "--quiet", "--force"]
     load = os.getloadavg()[0]
-    wall, peak, code, err = timed_child(cmd, env_for(None), folder)
+    wall, peak, code, err, _ = timed_child(cmd, env_for(None), folder)
     if code not in (0, 1):
         raise RuntimeError(f"audit run exited {code}: {err}")
     res = json.loads((out / "results.json").read_text())
