@@ -18,6 +18,9 @@ from __future__ import annotations
 import ast
 import importlib
 import importlib.util
+import json
+import os
+import tempfile
 from importlib.metadata import entry_points
 from pathlib import Path
 
@@ -70,15 +73,11 @@ class _ScanCache:
     that changed is parsed again; a cache that cannot be read or written is ignored."""
 
     def __init__(self) -> None:
-        import os
-
         root = os.environ.get("AUDIT_CACHE_DIR") or str(Path.home() / ".cache" / "audit-suite")
         self.path = Path(root) / "registry-scan.json"
         self.entries: dict[str, list] = {}
         self.dirty = False
         try:
-            import json
-
             loaded = json.loads(self.path.read_text())
             if isinstance(loaded, dict) and loaded.get("format") == _SCAN_FORMAT:
                 self.entries = loaded.get("files", {})
@@ -99,10 +98,6 @@ class _ScanCache:
     def save(self) -> None:
         if not self.dirty:
             return
-        import json
-        import os
-        import tempfile
-
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=".registry-scan.")

@@ -200,7 +200,8 @@ class ClassificationPerformance(Check):
         multiclass one-vs-rest: per-sample components, whose sum over classes carries the
         covariances of AUCs that share samples."""
         losses = stats.Moments()
-        binary, multi = present.sum() >= 2 and len(present) == 2, present.sum() >= 2 and len(present) > 2
+        measurable = present.sum() >= 2  # an AUC needs two classes present
+        binary, multi = measurable and len(present) == 2, measurable and len(present) > 2
         if binary:
             m = int(code_counts(y, 2)[1])
             pos, neg = np.empty(m), np.empty(len(y) - m)
